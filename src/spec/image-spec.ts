@@ -1,0 +1,79 @@
+/**
+ * The user's image spec: what goes in an image, in the spirit of LinuxKit's small yml. Everything
+ * not named here stays out.
+ */
+import { z } from 'zod';
+import { loadYamlFile, type Loaded } from './load.js';
+
+const fileSchema = z
+  .strictObject({
+    path: z.string().regex(/^\//, 'an absolute path in the image'),
+    content: z.string().optional(),
+    /** A file beside the spec (relative to the spec's folder). */
+    source: z.string().optional(),
+    mode: z.union([z.number().int(), z.string().regex(/^0?[0-7]{3,4}$/)]).default(0o644),
+  })
+  .refine((f) => (f.content === undefined) !== (f.source === undefined), { message: 'give exactly one of content or source' });
+
+const serviceSchema = z.strictObject({
+  name: z.string().regex(/^[a-z0-9][a-z0-9-_]*$/),
+  /** Run in the foreground and supervised: restarted when it exits. */
+  command: z.string(),
+  user: z.string().optional(),
+});
+
+export const imageSpecSchema = z.strictObject({
+  name: z.string().regex(/^[a-z0-9][a-z0-9-_.]*$/),
+  version: z.union([z.string(), z.number()]).transform(String),
+  description: z.string().optional(),
+  debian: z
+    .strictObject({
+      suite: z.string().default('trixie'),
+      /** Another Debian mirror; by default the host's Debian apt source. */
+      mirror: z.url().optional(),
+      securityMirror: z.url().optional(),
+      components: z.array(z.string()).default(['main', 'non-free-firmware']),
+      /** A folder of .debs (relative to the spec) used instead of, or before, the archive. */
+      debs: z.string().optional(),
+    })
+    .default({ suite: 'trixie', components: ['main', 'non-free-firmware'] }),
+  /** ram: the root is an initramfs in the boot slot. disk: a read-only root slot verified by dm-verity. */
+  root: z.enum(['ram', 'disk']).default('ram'),
+  /** Kernel entry to use instead of the board's. */
+  kernel: z.string().optional(),
+  packages: z.array(z.string()).default([]),
+  overlays: z.array(z.string()).default([]),
+  files: z.array(fileSchema).default([]),
+  hostname: z.string().regex(/^[a-zA-Z0-9-]{1,63}$/).default('edgekit'),
+  users: z
+    .array(
+      z.strictObject({
+        name: z.string().regex(/^[a-z_][a-z0-9_-]*$/),
+        uid: z.number().int().min(0).optional(),
+        shell: z.string().default('/bin/sh'),
+        authorizedKeys: z.array(z.string().regex(/^(ssh-|ecdsa-|sk-)/, 'an OpenSSH public key line')).default([]),
+      }),
+    )
+    .default([]),
+  network: z
+    .strictObject({
+      dhcp: z.array(z.string()).default([]),
+    })
+    .default({ dhcp: [] }),
+  services: z.array(serviceSchema).default([]),
+  /** Printed on the console when the system is up: tests and `edgekit run --expect` wait for it. */
+  marker: z.string().default('edgekit: system ready'),
+  cmdline: z.array(z.string()).default([]),
+  update: z
+    .strictObject({
+      server: z.string().optional(),
+      channel: z.string().default('stable'),
+    })
+    .optional(),
+});
+
+export type ImageSpec = z.infer<typeof imageSpecSchema>;
+
+export function loadImageSpec(file: string): Loaded<ImageSpec> {
+  return loadYamlFile(file, imageSpecSchema);
+}
