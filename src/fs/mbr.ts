@@ -2,9 +2,12 @@
  * MBR (DOS) partition tables: up to four primary partitions, or three primaries plus an extended
  * partition whose EBR chain holds logical partitions, laid out the way fdisk and sfdisk read them.
  *
- * Each logical partition's EBR sits in the sector just before it, so a logical partition needs at
- * least one free sector in front of it. The extended partition runs from the first EBR to the end
- * of the last logical partition.
+ * EBRs are placed where sfdisk puts them: the first one (where the extended partition starts)
+ * `alignment` sectors before the first logical partition, each later one `alignment` sectors
+ * before its partition, or right after the previous logical partition when the gap is smaller.
+ * So the first logical partition needs `alignment` free sectors in front of it and each later one
+ * at least one. The extended partition runs from the first EBR to
+ * the end of the last logical partition.
  */
 import { EdgekitError } from '../util/errors.js';
 
@@ -155,8 +158,18 @@ export function buildMbr(opts: MbrOptions): SectorWrite[] {
   const spans: Span[] = primaries.map(({ spec, label }) => ({ label, first: spec.firstLba, last: spec.firstLba + spec.sectors - 1 }));
   for (const { spec, label } of logicals) {
     spans.push({ label, first: spec.firstLba, last: spec.firstLba + spec.sectors - 1 });
-    spans.push({ label: `the EBR of ${label}`, first: spec.firstLba - 1, last: spec.firstLba - 1 });
   }
+  const ebrLbas = logicals.map(({ spec }, i) => {
+    if (i === 0) return spec.firstLba - alignment;
+    const prev = logicals[i - 1].spec;
+    return Math.max(prev.firstLba + prev.sectors, spec.firstLba - alignment);
+  });
+  logicals.forEach(({ spec, label }, i) => {
+    if (ebrLbas[i] < 1 || ebrLbas[i] >= spec.firstLba) {
+      throw new EdgekitError(`MBR ${label}: no room for its EBR at sector ${ebrLbas[i]}, before its first sector ${spec.firstLba}`);
+    }
+    spans.push({ label: `the EBR of ${label}`, first: ebrLbas[i], last: ebrLbas[i] });
+  });
   spans.push({ label: 'the MBR', first: 0, last: 0 });
   checkNoOverlap(spans);
 
@@ -166,7 +179,6 @@ export function buildMbr(opts: MbrOptions): SectorWrite[] {
   const writes: SectorWrite[] = [{ offset: 0, data: mbr }];
   if (logicals.length === 0) return writes;
 
-  const ebrLbas = logicals.map(({ spec }) => spec.firstLba - 1);
   const extStart = ebrLbas[0];
   const lastLogical = logicals[logicals.length - 1].spec;
   const extEnd = lastLogical.firstLba + lastLogical.sectors - 1;
