@@ -238,7 +238,7 @@ class DebianArchive extends CachedArchive {
   }
 
   protected async download(pkg: ResolvedPackage, tmpPath: string, onProgress?: Progress) {
-    const from = `${this.baseFor(pkg.suite)}/${pkg.filename}`;
+    const from = `${this.baseFor(pkg.suite)}/${encodeURI(pkg.filename)}`;
     return { ...(await downloadTo(from, tmpPath, onProgress)), from };
   }
 }
