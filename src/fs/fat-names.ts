@@ -43,55 +43,51 @@ export function packShortName(base: string, ext: string): Buffer {
   return Buffer.from(base.padEnd(8, ' ') + ext.padEnd(3, ' '), 'latin1');
 }
 
-/** Converts a long-name fragment to short-name characters; reports whether anything was lost. */
-function toShortChars(s: string): { out: string; lossy: boolean } {
+/** A long-name fragment in short-name characters, as the spec's basis-name rules make it. */
+function toShortChars(s: string): { out: string } {
   let out = '';
-  let lossy = false;
   for (const ch of s.toUpperCase()) {
     if (isShortChar(ch)) out += ch;
-    else if (ch === ' ' || ch === '.') lossy = true; // dropped from the basis, as the spec says
-    else {
-      // '+,;=[]' and anything outside ASCII (one '_' per code point) have no short form.
-      out += '_';
-      lossy = true;
-    }
+    else if (ch !== ' ' && ch !== '.') out += '_'; // '+,;=[]' and non-ASCII (per code point)
+    // spaces and embedded periods are dropped
   }
-  return { out, lossy };
+  return { out };
 }
 
 /**
- * Short names for one directory's entries. Entries must be added in a fixed order (tree order) so
- * the "~N" tails, and so the image, are the same on every run.
+ * Short names for one directory's entries. Names that are valid 8.3 names once upper-cased keep
+ * that as their short name (reserved up front, so no generated alias can take it); the others get
+ * a "~N" alias. Entries must be allocated in a fixed order (tree order) so the aliases, and so the
+ * image, are the same on every run. Names must already be unique ignoring case.
  */
 export class ShortNameAllocator {
   private used = new Set<string>();
 
+  constructor(names: string[]) {
+    for (const name of names) {
+      const upper = name.toUpperCase();
+      if (isExactShortName(upper)) this.used.add(upper);
+    }
+  }
+
   /** The 11-byte short name for `name`, and whether long-name entries must accompany it. */
   allocate(name: string): { short: Buffer; needsLfn: boolean } {
-    if (isExactShortName(name) && !this.used.has(name)) {
-      this.used.add(name);
-      const dot = name.indexOf('.');
-      return { short: packShortName(dot < 0 ? name : name.slice(0, dot), dot < 0 ? '' : name.slice(dot + 1)), needsLfn: false };
+    const upper = name.toUpperCase();
+    if (isExactShortName(upper)) {
+      const dot = upper.indexOf('.');
+      const short = packShortName(dot < 0 ? upper : upper.slice(0, dot), dot < 0 ? '' : upper.slice(dot + 1));
+      return { short, needsLfn: name !== upper };
     }
     const stripped = name.replace(/^\.+/, '');
     const lastDot = stripped.lastIndexOf('.');
-    const rawBase = lastDot < 0 ? stripped : stripped.slice(0, lastDot);
-    const rawExt = lastDot < 0 ? '' : stripped.slice(lastDot + 1);
-    const b = toShortChars(rawBase);
-    const e = toShortChars(rawExt);
-    const base = b.out.slice(0, 8);
-    const ext = e.out.slice(0, 3);
-    const fits = !b.lossy && !e.lossy && b.out.length <= 8 && e.out.length <= 3 && stripped === name && base.length > 0;
-    const key = (bs: string) => (ext ? `${bs}.${ext}` : bs);
-    if (fits && !this.used.has(key(base))) {
-      this.used.add(key(base));
-      return { short: packShortName(base, ext), needsLfn: true };
-    }
+    const base = toShortChars(lastDot < 0 ? stripped : stripped.slice(0, lastDot)).out.slice(0, 8) || '_';
+    const ext = toShortChars(lastDot < 0 ? '' : stripped.slice(lastDot + 1)).out.slice(0, 3);
     for (let n = 1; n < 1_000_000; n++) {
       const tail = `~${n}`;
-      const candidate = (base || '_').slice(0, 8 - tail.length) + tail;
-      if (!this.used.has(key(candidate))) {
-        this.used.add(key(candidate));
+      const candidate = base.slice(0, 8 - tail.length) + tail;
+      const key = ext ? `${candidate}.${ext}` : candidate;
+      if (!this.used.has(key)) {
+        this.used.add(key);
         return { short: packShortName(candidate, ext), needsLfn: true };
       }
     }

@@ -116,13 +116,21 @@ function planTree(tree: Tree, hasLabel: boolean): { dirs: DirNode[]; files: File
     if (e.type !== 'dir') {
       throw new EdgekitError(`FAT: "${e.path}" is a ${e.type}; a FAT filesystem holds only directories and regular files`);
     }
-    const names = new ShortNameAllocator();
-    const children: Child[] = [];
-    let entryCount = e.path === '' ? (hasLabel ? 1 : 0) : 2; // the label, or '.' and '..'
-    for (const child of byDir.get(e.path) ?? []) {
-      if (child.type !== 'dir' && child.type !== 'file') continue; // reported when the loop reaches it
+    const kids = (byDir.get(e.path) ?? []).filter((c) => c.type === 'dir' || c.type === 'file'); // others are reported when the loop reaches them
+    const byFolded = new Map<string, string>();
+    for (const child of kids) {
       const name = baseName(child.path);
       checkLongName(name, child.path);
+      // FAT looks names up ignoring case: twins would make one of them unreachable.
+      const twin = byFolded.get(name.toUpperCase());
+      if (twin !== undefined) throw new EdgekitError(`FAT: "${twin}" and "${child.path}" differ only in case, which FAT cannot tell apart`);
+      byFolded.set(name.toUpperCase(), child.path);
+    }
+    const names = new ShortNameAllocator(kids.map((c) => baseName(c.path)));
+    const children: Child[] = [];
+    let entryCount = e.path === '' ? (hasLabel ? 1 : 0) : 2; // the label, or '.' and '..'
+    for (const child of kids as Array<DirEntry | FileEntry>) {
+      const name = baseName(child.path);
       const { short, needsLfn } = names.allocate(name);
       children.push({ entry: child, name, short, needsLfn });
       entryCount += 1 + (needsLfn ? Math.ceil(name.length / 13) : 0);

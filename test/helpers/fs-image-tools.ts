@@ -26,13 +26,13 @@ export interface ToolResult {
   stderr: string;
 }
 
-/** Runs a system tool with a fixed locale so its messages can be matched. */
+/** Runs a system tool with a fixed locale (English messages, UTF-8 names) so its output can be matched. */
 export function runTool(cmd: string, args: string[], input?: string): ToolResult {
   const r = spawnSync(cmd, args, {
     encoding: 'utf8',
     input,
     maxBuffer: 256 * 1024 * 1024,
-    env: { ...process.env, LC_ALL: 'C', LANG: 'C', MTOOLS_SKIP_CHECK: '1' },
+    env: { ...process.env, LC_ALL: 'C.UTF-8', LANG: 'C.UTF-8', MTOOLS_SKIP_CHECK: '1' },
   });
   if (r.error) throw r.error;
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
@@ -40,7 +40,7 @@ export function runTool(cmd: string, args: string[], input?: string): ToolResult
 
 /** Like runTool, but stdout as bytes (for mcopy to stdout). */
 export function runToolBytes(cmd: string, args: string[]): Buffer {
-  const r = spawnSync(cmd, args, { maxBuffer: 512 * 1024 * 1024, env: { ...process.env, LC_ALL: 'C', MTOOLS_SKIP_CHECK: '1' } });
+  const r = spawnSync(cmd, args, { maxBuffer: 512 * 1024 * 1024, env: { ...process.env, LC_ALL: 'C.UTF-8', LANG: 'C.UTF-8', MTOOLS_SKIP_CHECK: '1' } });
   if (r.error) throw r.error;
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr.toString()}`);
   return r.stdout;
