@@ -160,10 +160,13 @@ describe('local signed archive', () => {
     expect(unknown.message).toBe(`unknown package no-such-package (searched ${SUITE} (main, amd64) at ${server.url})`);
   });
 
-  it('rejects an expired InRelease', async () => {
+  it('rejects an expired InRelease and one dated in the future', async () => {
     const { server } = await serveArchive({ date: new Date(Date.now() - 10 * 86400e3), validUntil: new Date(Date.now() - 3 * 86400e3) });
     const err = await errorOf(openArchive(options(server.url)).resolve(['zlib1g']));
     expect(err.message).toMatch(/InRelease: expired \(Valid-Until /);
+    const future = await serveArchive({ date: new Date(Date.now() + 5 * 86400e3) });
+    const ahead = await errorOf(openArchive(options(future.server.url)).resolve(['zlib1g']));
+    expect(ahead.message).toMatch(/InRelease: Date .* is in the future/);
   });
 
   it('uses locked versions exactly, and fails when a locked version or hash is not in the archive', async () => {

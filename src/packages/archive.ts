@@ -13,6 +13,7 @@
  *    not (expiry guards against a mirror replaying old data, which an offline build cannot meet).
  *    Anything missing from the cache in offline mode is an EdgekitError naming it.
  */
+import { createHash, randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -29,7 +30,6 @@ import { checkRelease, parseRelease, type ReleaseFile } from './release.js';
 import { PackageIndex, resolveFromLock, resolveInIndex } from './resolve.js';
 import { securityMirrorFor } from './sources.js';
 import type { Archive, PackageRecord, ResolvedPackage, ResolveOptions } from './types.js';
-import { createHash } from 'node:crypto';
 
 export type DebianArch = 'amd64' | 'arm64' | 'armhf';
 
@@ -130,7 +130,7 @@ export abstract class CachedArchive implements Archive {
     if (existsSync(path)) return path; // written only after verification, under its own hash
     if (this.offline) throw new EdgekitError(`offline: ${pkg.name} ${pkg.version} is not in the cache (${path})`);
     await mkdir(dir, { recursive: true });
-    const tmp = join(dir, `.${pkg.sha256}.${process.pid}.tmp`);
+    const tmp = join(dir, `.${pkg.sha256}.${process.pid}.${randomUUID().slice(0, 8)}.tmp`);
     try {
       const got = await this.download(pkg, tmp, onProgress);
       if (got.sha256 !== pkg.sha256 || got.size !== pkg.size) {

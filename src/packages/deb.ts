@@ -3,7 +3,7 @@
  * once per .deb into the cache (keyed by the .deb's sha256), file contents as plain files plus an
  * index.json of every entry, so a warm build reads no archive at all. Maintainer scripts are never run.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { createReadStream, createWriteStream, existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -161,7 +161,7 @@ export async function unpackDeb(debPath: string, sha256?: string): Promise<Unpac
     await rm(dir, { recursive: true, force: true });
   }
   await mkdir(cacheDir('unpacked'), { recursive: true });
-  const tmp = cacheDir('unpacked', `.${sha}.${process.pid}.tmp`);
+  const tmp = cacheDir('unpacked', `.${sha}.${process.pid}.${randomUUID().slice(0, 8)}.tmp`);
   await rm(tmp, { recursive: true, force: true });
   try {
     const control = await readDebControl(debPath);
