@@ -281,6 +281,15 @@ describe('writeFat rejects what FAT cannot hold', () => {
       await reader.close();
     }
   });
+  it('a file on disk whose size changed since it was added', async () => {
+    const src = join(tmp.dir, 'shrunk.bin');
+    writeFileSync(src, Buffer.alloc(1000, 1));
+    const t = new Tree();
+    t.add({ path: 'k/vmlinuz', type: 'file', mode: 0o644, uid: 0, gid: 0, content: { kind: 'file', path: src, size: 5000 } });
+    await expect(writeFat(t, join(tmp.dir, 'shrunk.img'), { size: 8 * MiB, label: 'X', volumeId: 1, mtime: MTIME })).rejects.toThrow(
+      /"k\/vmlinuz": .*shrunk\.bin is shorter than the 5000 bytes/,
+    );
+  });
   it('clamps timestamps before 1980 (SOURCE_DATE_EPOCH=0) to 1980-01-01', async () => {
     const t = new Tree();
     t.file('f.txt', 'x');

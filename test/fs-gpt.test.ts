@@ -150,6 +150,22 @@ describe('buildGpt', () => {
   });
 });
 
+describe('readPartitionTable on a GPT written by sfdisk', () => {
+  it('agrees with sfdisk --json', () => {
+    const path = join(tmp.dir, 'by-sfdisk.img');
+    writeSparseImage(path, 64 * MiB, []);
+    const script = ['label: gpt', '', 'size=8MiB, type=uefi, name="EFI system"', 'size=20MiB, type=linux, name=data', 'type=4f68bce3-e8cd-4db1-96e7-fbcaf984b709', ''].join('\n');
+    const r = runTool('sfdisk', ['--no-reread', '--no-tell-kernel', '-q', path], script);
+    expect(r.status, r.stderr).toBe(0);
+    const ref = JSON.parse(runTool('sfdisk', ['--json', path]).stdout).partitiontable;
+    const t = readPartitionTable(path);
+    expect(t.diskGuid).toBe(ref.id);
+    expect(t.partitions.map((p) => [p.start / 512, p.size / 512, p.type, p.uuid, p.name])).toEqual(
+      ref.partitions.map((p: any) => [p.start, p.size, p.type, p.uuid, p.name ?? '']),
+    );
+  });
+});
+
 describe('GPT type constants', () => {
   it('match the GUIDs util-linux knows, under the expected names', () => {
     const list = runTool('sfdisk', ['--list-types', '--label', 'gpt']).stdout;

@@ -133,6 +133,8 @@ describe('buildMbr with logical partitions', () => {
     ].join('\n');
     const ref = writeWithSfdisk('logical-ref.img', diskSize, script);
     for (const offset of ours.offsets) expect(sector(ours.path, offset).toString('hex'), `sector at ${offset}`).toBe(sector(ref, offset).toString('hex'));
+    // And our reader follows sfdisk's own EBR chain.
+    expect(readPartitionTable(ref).partitions.map((p) => p.index)).toEqual([1, 2, 3, 5, 6, 7]);
   });
 
   it('passes sfdisk --verify, and sfdisk/fdisk list the logical partitions', () => {
