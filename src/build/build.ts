@@ -165,12 +165,12 @@ async function writeOutputs(x: OutputInputs): Promise<BuildResult> {
   const bootTree = await bootPartitionTree({ board, spec, kp: x.kp, pkgs: x.pkgs, slotA, initrdPath, tries: board.update.tries, epoch });
   const bootPart = plan.partitions.find((p) => p.role === 'boot')!;
   const bootPath = join(work, 'boot.fat');
-  await writeFat(bootTree.tree, bootPath, { size: bootPart.size, label: board.boot.firmware === 'uefi' ? 'ESP' : 'BOOT', volumeId: stableUint32('boot', ...id), mtime: epoch });
+  await writeFat(bootTree.tree, bootPath, { size: bootPart.size, label: board.boot.firmware === 'uefi' ? 'ESP' : 'BOOT', volumeId: stableUint32('boot', ...id), mtime: epoch, partitionOffset: bootPart.start });
   payloads.push({ role: 'boot', name: 'boot', path: bootPath, format: 'fat' });
 
   const configPart = plan.partitions.find((p) => p.role === 'config')!;
   const configPath = join(work, 'config.fat');
-  await writeFat(configTree(), configPath, { size: configPart.size, label: 'CONFIG', volumeId: stableUint32('config', ...id), mtime: epoch });
+  await writeFat(configTree(), configPath, { size: configPart.size, label: 'CONFIG', volumeId: stableUint32('config', ...id), mtime: epoch, partitionOffset: configPart.start });
   payloads.push({ role: 'config', name: 'config', path: configPath, format: 'fat', unsigned: true });
 
   progress({ phase: 'write', detail: 'disk image' });
