@@ -20,6 +20,8 @@ export interface EmulationSettings {
   firmware?: 'uefi' | 'none';
   /** How the image is attached: 'virtio' (virtio-blk-pci) or 'sd' (SD card; the default on raspi machines). */
   drive?: DriveKind;
+  /** NIC model for user networking; default virtio-net-pci (usb-net on raspi machines). */
+  nic?: string;
 }
 
 export type DriveKind = 'virtio' | 'sd';
@@ -132,7 +134,9 @@ export function buildQemuArgs(
       args.push('-drive', `if=sd,format=raw,file=${file}${snap}`);
     } else {
       args.push('-drive', `if=none,id=disk0,format=raw,file=${file}${snap}`);
-      args.push('-device', 'virtio-blk-pci,drive=disk0');
+      // bootindex makes the disk the firmware's only boot entry from QEMU's boot order: without it,
+      // OVMF/AAVMF also try PXE and HTTP boot on the NIC, minutes under TCG when the disk has no loader.
+      args.push('-device', 'virtio-blk-pci,drive=disk0,bootindex=0');
     }
   }
 
@@ -144,7 +148,10 @@ export function buildQemuArgs(
       return `,hostfwd=tcp:127.0.0.1:${f.hostPort}-:${f.guestPort}`;
     });
     args.push('-netdev', `user,id=net0${forwards.join('')}`);
-    args.push('-device', isRaspi(machine) ? 'usb-net,netdev=net0' : 'virtio-net-pci,netdev=net0');
+    const nic = opts.nic ?? (isRaspi(machine) ? 'usb-net' : 'virtio-net-pci');
+    // romfile= drops iPXE's option ROM: the firmware has its own virtio-net driver, and the ROM's
+    // package may not be installed.
+    args.push('-device', nic === 'virtio-net-pci' ? `${nic},netdev=net0,romfile=` : `${nic},netdev=net0`);
   }
 
   // The console is a named chardev so its backend (stdio or pty) is the only thing that varies.

@@ -6,8 +6,8 @@
 import { EventEmitter } from 'node:events';
 import { StringDecoder } from 'node:string_decoder';
 
-/** CSI (ESC [ ... final), OSC (ESC ] ... BEL or ESC \), and two-byte escapes (ESC x). */
-const COMPLETE_ESCAPE = /\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[ -/]*[0-~])/g;
+/** CSI (ESC [ ... final), OSC (ESC ] ... BEL or ESC \), and two-byte escapes (ESC x; x is not '[' or ']', which open the others). */
+const COMPLETE_ESCAPE = /\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[ -/]*[0-Z\\^-~])/g;
 const COMPLETE_ESCAPE_AT_START = new RegExp(`^(?:${COMPLETE_ESCAPE.source})`);
 /** An escape sequence longer than this is garbage, not a sequence still arriving. */
 const MAX_ESCAPE_LENGTH = 256;
@@ -101,7 +101,6 @@ export class ConsoleOutput extends EventEmitter<ConsoleOutputEvents> implements 
 
   private accept(chunk: string): void {
     if (chunk === '') return;
-    this.emit('data', chunk);
     let s = this.pendingEscape + chunk;
     this.pendingEscape = '';
     // A sequence cut by the chunk boundary is held back until its end arrives.
@@ -111,6 +110,8 @@ export class ConsoleOutput extends EventEmitter<ConsoleOutputEvents> implements 
       s = s.slice(0, lastEsc);
     }
     this.append(s.replace(COMPLETE_ESCAPE, '').replace(/\r/g, ''));
+    // Emitted after the cleaned text is updated: listeners (waitFor) search it.
+    this.emit('data', chunk);
   }
 
   private append(text: string): void {
