@@ -162,6 +162,11 @@ describe('booting under QEMU (TCG)', () => {
     expect((err as Error).message).toMatch(/timed out after 1 s before the console showed \/this never prints\//);
     expect((err as Error).message).toContain('Shell>');
 
+    // The shell's `reset` reboots the guest; QEMU stays up (no -no-reboot) and the firmware comes back.
+    s.write('reset\r');
+    await s.waitFor(/UEFI firmware|BdsDxe/, BOOT_TIMEOUT_MS);
+    await s.waitFor(SHELL_BANNER, BOOT_TIMEOUT_MS);
+
     const tempDir = dirname(s.varsPath!);
     const exit = await s.stop();
     expect(exit.code === 0 || exit.signal !== null).toBe(true);
@@ -182,6 +187,23 @@ describe('booting under QEMU (TCG)', () => {
       },
     });
     expect(result.matched).toMatch(/^UEFI Interactive Shell/);
+  }, TEST_TIMEOUT_MS);
+
+  it('exitOnReboot: a guest reboot ends QEMU', async () => {
+    const s = await startQemu({
+      arch: 'aarch64',
+      firmware: 'uefi',
+      image: blankDisk(scratch.dir, 'reboot.img'),
+      snapshot: true,
+      serial: 'pipe',
+      exitOnReboot: true,
+    });
+    running = s;
+    await s.waitFor(/Shell> /, BOOT_TIMEOUT_MS);
+    s.write('reset\r');
+    const exit = await s.exited;
+    expect(exit).toEqual({ code: 0, signal: null });
+    expect(existsSync(s.varsPath!)).toBe(false);
   }, TEST_TIMEOUT_MS);
 
   it('pty: a reader that opens the announced pty at once sees the firmware output', async () => {
