@@ -102,7 +102,8 @@ export const boardSchema = z.strictObject({
         memory: z.number().int().positive().default(512),
         firmware: z.enum(['uefi', 'none']),
         disk: z.enum(['virtio', 'sd']).default('virtio'),
-        net: z.string().default('virtio-net-pci'),
+        /** NIC model for user networking; QEMU's default for the machine when absent. */
+        net: z.string().optional(),
       }),
     })
     .optional(),

@@ -3,7 +3,7 @@
  * `yaml` keeps source ranges on its nodes, so a zod issue's path maps back to the line it came from.
  */
 import { readFileSync } from 'node:fs';
-import { isNode, LineCounter, parseDocument, type Document } from 'yaml';
+import { isMap, isNode, isScalar, isSeq, LineCounter, parseDocument, type Document } from 'yaml';
 import type { z } from 'zod';
 import { EdgekitError } from '../util/errors.js';
 
@@ -54,25 +54,40 @@ export function parseYaml<S extends z.ZodType>(text: string, file: string, schem
   const lineOf = (path: (string | number)[]) => lineOfPath(doc, path, lineAt);
   const result = schema.safeParse(doc.toJS() ?? {});
   if (!result.success) {
-    const problems = result.error.issues.map((issue) => ({
-      file,
-      line: lineOf(issue.path as (string | number)[]),
-      field: issue.path.join('.'),
-      message: issue.message,
-    }));
+    // An unknown key is reported at its own line, by its own path, one problem per key.
+    const problems = result.error.issues.flatMap((issue) => {
+      const base = issue.path as (string | number)[];
+      const paths = issue.code === 'unrecognized_keys' ? issue.keys.map((k) => [...base, k]) : [base];
+      return paths.map((path) => ({
+        file,
+        line: lineOf(path),
+        field: path.join('.'),
+        message: issue.code === 'unrecognized_keys' ? 'unknown field (misspelled?)' : issue.message,
+      }));
+    });
     problems.sort((a, b) => a.line - b.line);
     throw new SpecError(problems);
   }
   return { value: result.data, file, lineOf };
 }
 
-/** The line of the deepest node on `path` that exists (a missing field points at its parent). */
+/**
+ * The line of the deepest key on `path` that exists: a field's own key line, so a block mapping
+ * points at `layout:` and not at its first child; a missing field points at its parent's key.
+ */
 function lineOfPath(doc: Document, path: (string | number)[], lineAt: (o: number) => number): number {
-  for (let n = path.length; n >= 0; n--) {
-    const node = n === 0 ? doc.contents : doc.getIn(path.slice(0, n), true);
-    if (isNode(node) && node.range) return lineAt(node.range[0]);
+  for (let n = path.length; n > 0; n--) {
+    const parent = n === 1 ? doc.contents : doc.getIn(path.slice(0, n - 1), true);
+    const last = path[n - 1];
+    if (isMap(parent)) {
+      const pair = parent.items.find((p) => isScalar(p.key) && p.key.value === last);
+      if (pair && isNode(pair.key) && pair.key.range) return lineAt(pair.key.range[0]);
+    } else if (isSeq(parent) && typeof last === 'number') {
+      const item = parent.items[last];
+      if (isNode(item) && item.range) return lineAt(item.range[0]);
+    }
   }
-  return 1;
+  return isNode(doc.contents) && doc.contents.range ? lineAt(doc.contents.range[0]) : 1;
 }
 
 function firstLine(s: string): string {

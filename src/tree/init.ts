@@ -30,6 +30,8 @@ EOV
 dev=$(partition_dev "system-$slot") || { log "partition system-$slot not found"; exit 1; }
 table="0 $((blocks * 8)) verity 1 $dev $dev 4096 4096 $blocks $hashstart sha256 $roothash $salt"
 dmsetup create --readonly --noudevsync --noudevrules edgekit-root --table "$table" || { log "dm-verity setup of $dev failed"; exit 1; }
+# No udev here: ask dmsetup for the /dev/mapper node itself.
+dmsetup mknodes edgekit-root 2>/dev/null
 mkdir -p /newroot
 rootdev=/dev/mapper/edgekit-root
 [ -b "$rootdev" ] || rootdev=/dev/dm-0
