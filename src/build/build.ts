@@ -165,7 +165,13 @@ async function writeOutputs(x: OutputInputs): Promise<BuildResult> {
   const bootTree = await bootPartitionTree({ board, spec, kp: x.kp, pkgs: x.pkgs, slotA, initrdPath, tries: board.update.tries, epoch });
   const bootPart = plan.partitions.find((p) => p.role === 'boot')!;
   const bootPath = join(work, 'boot.fat');
-  await writeFat(bootTree.tree, bootPath, { size: bootPart.size, label: board.boot.firmware === 'uefi' ? 'ESP' : 'BOOT', volumeId: stableUint32('boot', ...id), mtime: epoch, partitionOffset: bootPart.start });
+  const fat = await writeFat(bootTree.tree, bootPath, { size: bootPart.size, label: board.boot.firmware === 'uefi' ? 'ESP' : 'BOOT', volumeId: stableUint32('boot', ...id), mtime: epoch, partitionOffset: bootPart.start });
+  // Slot B's kernel and initramfs go on the same partition at the first update: keep room for them.
+  const slotBytes = fat.files.filter((f) => f.path.startsWith('slot-a/')).reduce((n, f) => n + Math.ceil(f.length / fat.clusterSize) * fat.clusterSize, 0);
+  const free = (fat.clusterCount - fat.usedClusters) * fat.clusterSize;
+  if (free < slotBytes) {
+    throw new EdgekitError(`boot partition of board ${board.id} (${bootPart.size} bytes) has no room for slot B: it needs ${slotBytes} more bytes than the ${free} left`);
+  }
   payloads.push({ role: 'boot', name: 'boot', path: bootPath, format: 'fat' });
 
   const configPart = plan.partitions.find((p) => p.role === 'config')!;

@@ -10,7 +10,15 @@ export async function resolveEmulationFromImage(imagePath: string): Promise<Emul
   try {
     const doc = await readEmbeddedManifest(fh, imagePath).catch(() => undefined);
     if (!doc) return undefined;
-    return emulationFromBoard(loadBoard(doc.signed.board).value);
+    // A vendor's board that edgekit does not ship: the user names its file with --board.
+    const board = (() => {
+      try {
+        return loadBoard(doc.signed.board).value;
+      } catch {
+        return undefined;
+      }
+    })();
+    return board && emulationFromBoard(board);
   } finally {
     await fh.close();
   }

@@ -2,13 +2,14 @@
  * A board: one YAML file that tells the builder, the flasher and the update agent everything about a
  * hardware target. `schema: 1` is the file format version; fields are documented in docs/boards.md.
  */
-import { readdirSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { EdgekitError } from '../util/errors.js';
 import { loadYamlFile, SpecError, type Loaded } from './load.js';
 import { sizeSchema } from './size.js';
 import { packageDir } from './paths.js';
+import { kernelSchema, kernelsDir } from './kernel.js';
 
 const id = z.string().regex(/^[a-z0-9][a-z0-9-_.]*$/, 'lower-case letters, digits, - _ . only');
 const hex16 = z.number().int().min(0).max(0xffff);
@@ -158,6 +159,22 @@ function checkBoardRules(loaded: Loaded<Board>): void {
     if (b.layout.table !== 'gpt') problems.push({ path: ['layout', 'table'], message: 'UEFI boards use a GPT' });
     if (b.update.bootchooser !== 'systemd-boot')
       problems.push({ path: ['update', 'bootchooser'], message: 'UEFI boards count boot tries with systemd-boot' });
+  }
+  const MiB = 1024 * 1024;
+  if (b.layout.alignment % MiB !== 0)
+    problems.push({ path: ['layout', 'alignment'], message: 'must be a multiple of 1MiB (partitions start on 1 MiB boundaries)' });
+  else
+    for (const role of ['boot', 'system', 'config', 'data'] as const) {
+      if (b.layout[role].size === 0 || b.layout[role].size % b.layout.alignment !== 0)
+        problems.push({ path: ['layout', role, 'size'], message: `must be a non-zero multiple of layout.alignment (${b.layout.alignment} bytes)` });
+    }
+  const kernelFile = join(kernelsDir(), `${b.kernel}.yml`);
+  if (!existsSync(kernelFile)) problems.push({ path: ['kernel'], message: `no kernel entry ${b.kernel} (kernel/${b.kernel}.yml)` });
+  else {
+    const k = loadYamlFile(kernelFile, kernelSchema).value;
+    if (k.arch !== b.arch) problems.push({ path: ['kernel'], message: `kernel ${b.kernel} is for ${k.arch}, this board is ${b.arch}` });
+    if (b.boot.firmware === 'rpi' && b.boot.loader === 'tryboot' && !k.tryboot)
+      problems.push({ path: ['boot', 'loader'], message: `kernel ${b.kernel} cannot arm tryboot (tryboot: false); use loader: uboot` });
   }
   if (b.emulation?.qemu) {
     const want = b.arch === 'amd64' ? 'x86_64' : 'aarch64';
