@@ -47,6 +47,8 @@ export interface ArchiveOptions {
   offline?: boolean;
 }
 
+const PARSED_VERSION = 1;
+
 const PACKAGE_FIELDS = new Set([
   'Package',
   'Version',
@@ -192,13 +194,20 @@ class DebianArchive extends CachedArchive {
   }
 
   /** A Packages index's bytes, verified against the signed Release, from the cache when possible. */
-  private async loadPackagesFile(suite: string, rel: ReleaseFile, component: string): Promise<string | undefined> {
+  private async loadPackagesFile(suite: string, rel: ReleaseFile, component: string): Promise<PackageRecord[] | undefined> {
     const base = this.baseFor(suite);
     const dirPath = `${component}/binary-${this.opts.arch}`;
     const name = ['Packages.xz', 'Packages.gz', 'Packages'].find((n) => rel.sha256.has(`${dirPath}/${n}`));
     if (!name) return undefined;
     const want = rel.sha256.get(`${dirPath}/${name}`)!;
     const cached = cacheDir('indices', `${want.sha256}-${name}`);
+    // Decompressing and parsing a 10 MB Packages.xz costs seconds; its parsed records are cached
+    // under the same signed hash, so an unchanged index is read back as JSON.
+    const parsedPath = cacheDir('indices', `${want.sha256}-${suite}-${this.opts.arch}.records.json`);
+    if (existsSync(parsedPath)) {
+      const parsed = JSON.parse(await readFile(parsedPath, 'utf8'));
+      if (parsed.version === PARSED_VERSION) return parsed.records as PackageRecord[];
+    }
     const url = rel.acquireByHash
       ? `${base}/dists/${suite}/${dirPath}/by-hash/SHA256/${want.sha256}`
       : `${base}/dists/${suite}/${dirPath}/${name}`;
@@ -212,7 +221,15 @@ class DebianArchive extends CachedArchive {
       await mkdir(cacheDir('indices'), { recursive: true });
       await writeFileAtomic(cached, data);
     }
-    return (await decompressBuffer(data, compressionOf(name))).toString('utf8');
+    const text = (await decompressBuffer(data, compressionOf(name))).toString('utf8');
+    const where = `${base}/dists/${suite}/${component}/binary-${this.opts.arch}/Packages`;
+    const records: PackageRecord[] = [];
+    for (const st of parseStanzas(text, PACKAGE_FIELDS)) {
+      if (st.Architecture !== this.opts.arch && st.Architecture !== 'all') continue;
+      records.push(recordFromStanza(st, suite, where));
+    }
+    await writeFileAtomic(parsedPath, JSON.stringify({ version: PARSED_VERSION, records }));
+    return records;
   }
 
   protected async loadRecords(): Promise<PackageRecord[]> {
@@ -221,14 +238,10 @@ class DebianArchive extends CachedArchive {
       const rel = await this.loadRelease(suite);
       let found = 0;
       for (const component of this.components) {
-        const text = await this.loadPackagesFile(suite, rel, component);
-        if (text === undefined) continue;
+        const parsed = await this.loadPackagesFile(suite, rel, component);
+        if (parsed === undefined) continue;
         found++;
-        const where = `${this.baseFor(suite)}/dists/${suite}/${component}/binary-${this.opts.arch}/Packages`;
-        for (const s of parseStanzas(text, PACKAGE_FIELDS)) {
-          if (s.Architecture !== this.opts.arch && s.Architecture !== 'all') continue;
-          records.push(recordFromStanza(s, suite, where));
-        }
+        for (const r of parsed) records.push(r);
       }
       if (found === 0) {
         throw new EdgekitError(`${this.baseFor(suite)}/dists/${suite}: no Packages index for ${this.components.join(', ')} on ${this.opts.arch}`);
