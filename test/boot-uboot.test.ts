@@ -245,12 +245,21 @@ describe.skipIf(devMissing !== undefined)('A/B boot under QEMU raspi3b (U-Boot 2
     writeFileSync(join(tmp, 'sd-uboot.env'), readBootFile(image, RPI_UBOOT_ENV.file));
     return fwPrintenv(envCfg());
   };
-  const powerCycle = () => runRaspi3b({ image, ubootBin: readBootFileTo('u-boot.bin'), dtb, stopAt: MARKER });
   const readBootFileTo = (p: string) => {
     const out = join(tmp, `from-card-${p.replace(/\//g, '_')}`);
     writeFileSync(out, readBootFile(image, p));
     return out;
   };
+  // Everything QEMU needs comes from the card: U-Boot, and the DTB the firmware would have loaded.
+  const powerCycle = () => runRaspi3b({ image, ubootBin: readBootFileTo('u-boot.bin'), dtb: readBootFileTo('bcm2837-rpi-3-b.dtb'), stopAt: MARKER });
+  const setCardEnv = (vars: Array<[string, string]>) => {
+    const envFile = join(tmp, 'sd-uboot.env');
+    writeFileSync(envFile, readBootFile(image, RPI_UBOOT_ENV.file));
+    for (const [k, v] of vars) expect(sh('fw_setenv', ['-c', envCfg(), k, v]).status).toBe(0);
+    writeBootFile(image, RPI_UBOOT_ENV.file, readFileSync(envFile));
+  };
+  // Each test is one or more QEMU power cycles on a shared, emulated SD card: slow, not timed.
+  const QEMU_TEST_TIMEOUT = 30 * 60_000;
 
   beforeAll(() => {
     const work = join(tmp, 'qemu');
@@ -292,16 +301,11 @@ describe.skipIf(devMissing !== undefined)('A/B boot under QEMU raspi3b (U-Boot 2
     expect(MARKER.exec(run.console)?.[2]).toMatch(/^console=ttyS1,115200 panic=10\s+edgekit\.slot=A\s*$/);
     expect(cardEnv()).toMatchObject({ BOOT_ORDER: 'A B', BOOT_A_LEFT: '2', BOOT_B_LEFT: '3' });
     expect(fsckBootPartition(image).ok).toBe(true);
-  });
+  }, QEMU_TEST_TIMEOUT);
 
   test('BOOT_ORDER="B A" with a broken slot B: each power cycle spends a B try, then A boots by itself', async () => {
     // What the update agent does to switch: fw_setenv on the card's uboot.env.
-    const envFile = join(tmp, 'sd-uboot.env');
-    writeFileSync(envFile, readBootFile(image, RPI_UBOOT_ENV.file));
-    for (const [k, v] of [['BOOT_ORDER', 'B A'], ['BOOT_A_LEFT', '3'], ['BOOT_B_LEFT', '3']]) {
-      expect(sh('fw_setenv', ['-c', envCfg(), k, v]).status).toBe(0);
-    }
-    writeBootFile(image, RPI_UBOOT_ENV.file, readFileSync(envFile));
+    setCardEnv([['BOOT_ORDER', 'B A'], ['BOOT_A_LEFT', '3'], ['BOOT_B_LEFT', '3']]);
 
     for (const left of ['2', '1', '0']) {
       const run = await powerCycle();
@@ -321,5 +325,26 @@ describe.skipIf(devMissing !== undefined)('A/B boot under QEMU raspi3b (U-Boot 2
     // Only the shipped variables were written back: nothing U-Boot derived from this board.
     expect(Object.keys(cardEnv())).not.toContain('fdt_addr');
     expect(Object.keys(cardEnv())).not.toContain('fdtfile');
-  });
+  }, QEMU_TEST_TIMEOUT);
+
+  test('with no tries left anywhere, the counters start over and the board restarts', async () => {
+    setCardEnv([['BOOT_A_LEFT', '0'], ['BOOT_B_LEFT', '0']]);
+    const run = await powerCycle();
+    expect(run.console).toMatch(/edgekit: no slot has tries left/);
+    expect(run.end, run.console.slice(-3000)).toBe('exit');
+    expect(cardEnv()).toMatchObject({ BOOT_ORDER: 'B A', BOOT_A_LEFT: '3', BOOT_B_LEFT: '3' });
+  }, QEMU_TEST_TIMEOUT);
+
+  test('a damaged uboot.env: U-Boot falls back to its built-in environment, bootstd finds boot.scr, slot A boots', async () => {
+    const damaged = readBootFile(image, RPI_UBOOT_ENV.file);
+    damaged.fill(0x5a, 4, 64);
+    writeBootFile(image, RPI_UBOOT_ENV.file, damaged);
+    const run = await powerCycle();
+    expect(run.console).toMatch(/bad CRC, using default environment/);
+    expect(run.end, run.console.slice(-3000)).toBe('stopAt');
+    expect(MARKER.exec(run.console)?.[1]).toBe('A');
+    // The script starts the counters over and writes a valid environment back.
+    expect(cardEnv()).toMatchObject({ BOOT_ORDER: 'A B', BOOT_A_LEFT: '2', BOOT_B_LEFT: '3' });
+    expect(fsckBootPartition(image).ok).toBe(true);
+  }, QEMU_TEST_TIMEOUT);
 });

@@ -43,7 +43,7 @@ export function runRaspi3b(opts: Raspi3bOptions): Promise<Raspi3bRun> {
       end = why;
       qemu.kill('SIGKILL');
     };
-    const timer = setTimeout(() => stop('timeout'), opts.timeoutMs ?? 300_000);
+    const timer = setTimeout(() => stop('timeout'), opts.timeoutMs ?? 600_000);
     qemu.stdout.on('data', (b: Buffer) => {
       out += b.toString('latin1');
       if (end === 'exit' && opts.stopAt.test(out)) stop('stopAt');
