@@ -11,6 +11,7 @@ import { registerVerify } from './verify.js';
 import { registerInspect } from './inspect.js';
 import { registerRun } from './run.js';
 import { resolveEmulationFromImage } from './emulation.js';
+import { registerRpiboot } from './rpiboot.js';
 
 export function program(): Command {
   const p = new Command('edgekit')
@@ -24,6 +25,7 @@ export function program(): Command {
   registerVerify(p);
   registerInspect(p);
   registerRun(p, resolveEmulationFromImage);
+  registerRpiboot(p);
   return p;
 }
 
