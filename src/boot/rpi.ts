@@ -241,7 +241,7 @@ function configTxt(opts: RpiBootOptions, info: RpiModelInfo, p: ConfigTxtParts):
   );
   if (p.initrd) out.push('initramfs initrd.img followkernel');
   out.push(
-    '# Device trees by their upstream Linux names (bcm2837-rpi-3-b.dtb), as Debian\'s kernel ships them.',
+    `# Device trees by their upstream Linux names (${basename(info.kernelDtb)}), as Debian's kernel ships them.`,
     'upstream_kernel=1',
   );
   if (opts.consoleUart ?? true) {
