@@ -179,12 +179,25 @@ fi
 mountpoint /data || mount -t tmpfs -o mode=0755 tmpfs /data
 mkdir -p /data/var/lib
 
-# Per-device settings written at flash time (unsigned): read-only, and never executed.
+# Per-device settings written at flash time (unsigned; files listed in src/flash/device-config.ts):
+# read-only, root-only (wifi.conf and provisioning-token are secrets), and never executed.
 if dev=$(partition_dev config); then
-  mount -t vfat -o ro,nosuid,nodev,noexec "$dev" /config 2>/dev/null
+  mount -t vfat -o ro,nosuid,nodev,noexec,fmask=0177,dmask=0077 "$dev" /config 2>/dev/null
 fi
-hostname=$(cat /config/hostname 2>/dev/null || cat /etc/hostname)
+hostname=$(tr -d '\\r\\n' < /config/hostname 2>/dev/null)
+[ -n "$hostname" ] || hostname=$(cat /etc/hostname)
 hostname "$hostname"
+log "hostname $hostname"
+# Extra ssh keys: root's home becomes a copy in /run with them appended (the image's root may be read-only).
+if [ -s /config/authorized_keys ]; then
+  mkdir -p /run/edgekit/root && cp -a /root/. /run/edgekit/root/ && mkdir -p /run/edgekit/root/.ssh
+  tr -d '\\r' < /config/authorized_keys >> /run/edgekit/root/.ssh/authorized_keys
+  chmod 700 /run/edgekit/root /run/edgekit/root/.ssh && chmod 600 /run/edgekit/root/.ssh/authorized_keys
+  mount --bind /run/edgekit/root /root
+fi
+if [ -f /config/wifi.conf ] && command -v wpa_supplicant >/dev/null; then
+  wpa_supplicant -B -i wlan0 -c /config/wifi.conf >/dev/null 2>&1 || log "wifi: wpa_supplicant did not start"
+fi
 
 ip link set lo up
 while read -r kind iface; do
