@@ -5,11 +5,12 @@
  * with GNU tar, the tool the usbboot repository packs them with.
  */
 import { describe, it, expect, beforeEach, afterEach, vi } from 'vitest';
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
 import { rpiboot } from '../src/flash/rpiboot/client.js';
 import { loadNodeUsb, nodeUsbTransport } from '../src/flash/rpiboot/node-usb-transport.js';
@@ -252,12 +253,45 @@ describe('edgekit rpiboot command', () => {
   });
 });
 
+describe('edgekit rpiboot through the built CLI (npm run build)', () => {
+  const ROOT = fileURLToPath(new URL('..', import.meta.url));
+  const run = (...args: string[]) =>
+    new Promise<{ code: number; stdout: string; stderr: string }>((resolve) =>
+      execFile(process.execPath, [join(ROOT, 'bin', 'edgekit.js'), 'rpiboot', ...args], (err, stdout, stderr) =>
+        resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr }),
+      ),
+    );
+
+  it('fails with one line when no Pi is attached or the folder is wrong', async () => {
+    put('bootcode.bin', 10);
+    const none = await run('--usbboot-dir', dir, '--timeout', '0.2');
+    expect(none.code).toBe(1);
+    expect(none.stderr).toMatch(/^edgekit: no Raspberry Pi in USB boot mode \(USB 0a5c:2763\/2764\/2711\/2712\) appeared within 0\.2 s: [^\n]*\n$/);
+    const bad = await run('--usbboot-dir', join(root, 'missing'));
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toBe(`edgekit: ${join(root, 'missing')}: usbboot folder not found\n`);
+    const timeout = await run('--usbboot-dir', dir, '--timeout', 'soon');
+    expect(timeout.stderr).toBe('edgekit: --timeout soon: not a number of seconds\n');
+  });
+});
+
 describe('node-usb transport', () => {
   it('loads the usb package and lists the bus', async () => {
     expect(typeof loadNodeUsb().getDeviceList).toBe('function');
     const devices = await nodeUsbTransport().list();
     expect(Array.isArray(devices)).toBe(true);
     for (const d of devices) expect(typeof d.vendorId).toBe('number');
+  });
+
+  it('says in one line when the usb package cannot be loaded', () => {
+    let err: unknown;
+    try {
+      loadNodeUsb('usb-package-that-is-not-installed');
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(EdgekitError);
+    expect((err as Error).message).toMatch(/^USB access needs the optional "usb" package, which could not be loaded \(Cannot find module [^\n]*\); run npm install usb@2$/);
   });
 
   it('finds no Pi on this machine and says so in one line', async () => {

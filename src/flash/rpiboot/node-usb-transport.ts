@@ -47,16 +47,18 @@ export interface NodeUsbModule {
 
 let loaded: NodeUsbModule | undefined;
 
-/** Loads the `usb` package, or throws one line saying it is missing. */
-export function loadNodeUsb(): NodeUsbModule {
-  if (loaded) return loaded;
+/** Loads the `usb` package (`name` only differs in tests), or throws one line saying it is missing. */
+export function loadNodeUsb(name = 'usb'): NodeUsbModule {
+  if (loaded && name === 'usb') return loaded;
+  let mod: NodeUsbModule;
   try {
-    loaded = createRequire(import.meta.url)('usb') as NodeUsbModule;
+    mod = createRequire(import.meta.url)(name) as NodeUsbModule;
   } catch (err) {
     const why = (err instanceof Error ? err.message : String(err)).split('\n')[0];
     throw new EdgekitError(`USB access needs the optional "usb" package, which could not be loaded (${why}); run npm install usb@2`);
   }
-  return loaded;
+  if (name === 'usb') loaded = mod;
+  return mod;
 }
 
 export function nodeUsbTransport(mod: NodeUsbModule = loadNodeUsb()): UsbBootTransportFactory {
