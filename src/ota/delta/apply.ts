@@ -1,0 +1,381 @@
+/**
+ * Device side: rebuilds the target root payload into the inactive slot from a delta (format.ts)
+ * and the active slot. Pure node: modules, no native addons.
+ *
+ * Memory stays bounded whatever the payload size: the three streams are decoded as they are read,
+ * the active slot is read by position a block at a time (a few inflated blocks are cached), at most
+ * IN_FLIGHT blocks are being deflated, and output goes out in 1 MiB writes. The dm-verity tree is
+ * hashed as the data streams past (32 bytes per 4 KiB).
+ *
+ * Nothing is trusted until the end: the active slot must hash to the delta's `from`, the delta
+ * must name the expected target, every rebuilt block must come out with the publisher's size and
+ * CRC, and the whole output must hash to the signed target sha256. On any failure the slot's first
+ * 4 KiB are zeroed, so a half-written slot never looks like a filesystem.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { open, rm, mkdtemp, type FileHandle } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pipeline, type Readable } from 'node:stream';
+import { pipeline as pipelineAsync } from 'node:stream/promises';
+import { brotliDecompressSync, createBrotliDecompress, deflate, inflateSync } from 'node:zlib';
+import { crc32 } from '../../util/crc32.js';
+import { EdgekitError } from '../../util/errors.js';
+import { ByteReader, DeltaFormatError, FORMAT, MAGIC, Op, type DeltaHeader, type DeltaSource } from './format.js';
+import { VerityHasher } from './verity-stream.js';
+
+/** A slot: a block device or file, optionally at a byte offset (a partition inside a disk image). */
+export type SlotTarget = string | { path: string; offset?: number };
+export type WritableTarget = SlotTarget;
+
+export interface ApplyDeltaOptions {
+  delta: Readable | string;
+  /** The running slot's payload (read only). */
+  activePayload: SlotTarget;
+  /** The inactive slot, written front to back. */
+  out: WritableTarget;
+  expectedSha256: string;
+  expectedSize: number;
+}
+
+const DATA_RAW = 1 << 24;
+const IN_FLIGHT = 4;
+const CHUNK = 1 << 20;
+const MAX_HEADER = 64 << 20;
+const MAX_BLOCK = 1 << 20;
+
+const slotPath = (t: SlotTarget) => (typeof t === 'string' ? t : t.path);
+const slotOffset = (t: SlotTarget) => (typeof t === 'string' ? 0 : (t.offset ?? 0));
+
+async function readExact(fh: FileHandle, buf: Buffer, pos: number, what: string): Promise<Buffer> {
+  let got = 0;
+  while (got < buf.length) {
+    const { bytesRead } = await fh.read(buf, got, buf.length - got, pos + got);
+    if (bytesRead === 0) throw new EdgekitError(`${what} ends at byte ${pos + got}`);
+    got += bytesRead;
+  }
+  return buf;
+}
+
+/** Uncompressed bytes of old files, read from the active slot block by block. */
+class OldFiles {
+  private cache = new Map<number, Buffer>();
+
+  constructor(
+    private readonly fh: FileHandle,
+    private readonly base: number,
+    private readonly header: DeltaHeader,
+    private readonly where: string,
+  ) {}
+
+  private async block(offset: number, sizeWord: number, rawLength: number): Promise<Buffer> {
+    const hit = this.cache.get(offset);
+    if (hit) return hit;
+    let data: Buffer;
+    if (sizeWord === 0) data = Buffer.alloc(rawLength);
+    else {
+      const len = sizeWord & ~DATA_RAW;
+      if (len > MAX_BLOCK) throw new DeltaFormatError(`a source block of ${len} bytes`);
+      const stored = await readExact(this.fh, Buffer.allocUnsafe(len), this.base + offset, this.where);
+      data = sizeWord & DATA_RAW || !this.header.sourceCompressed ? stored : inflateSync(stored);
+    }
+    if (this.cache.size >= 16) this.cache.delete(this.cache.keys().next().value!);
+    this.cache.set(offset, data);
+    return data;
+  }
+
+  /** Stored bytes of the active payload, as they are (copies bypass the block cache). */
+  stored(off: number, into: Buffer): Promise<Buffer> {
+    return readExact(this.fh, into, this.base + off, this.where);
+  }
+
+  async read(src: number, off: number, len: number, into: Buffer, at: number): Promise<void> {
+    const s: DeltaSource | undefined = this.header.sources[src];
+    if (!s || off + len > s.size) throw new DeltaFormatError(`piece ${src}:${off}+${len} is outside its source`);
+    const bs = this.header.sourceBlockSize;
+    while (len > 0) {
+      const k = Math.floor(off / bs);
+      let data: Buffer, inner: number;
+      if (k < s.blocks.length) {
+        data = await this.block(s.blocks[k][0], s.blocks[k][1], Math.min(bs, s.size - k * bs));
+        inner = off - k * bs;
+      } else {
+        if (!s.tail) throw new DeltaFormatError(`source ${src} has no tail`);
+        data = await this.block(s.tail[0], s.tail[1], bs);
+        inner = s.tail[2] + off - s.blocks.length * bs;
+      }
+      const n = Math.min(len, data.length - inner);
+      if (n <= 0) throw new DeltaFormatError(`source ${src} is shorter than its pieces`);
+      data.copy(into, at, inner, inner + n);
+      off += n;
+      at += n;
+      len -= n;
+    }
+  }
+}
+
+/** The inactive slot, written in order: hashed (sha256, and verity over the data part) as it goes. */
+class SlotWriter {
+  private readonly sha = createHash('sha256');
+  private batch: Buffer[] = [];
+  private batchBytes = 0;
+  private flushed = 0;
+  position = 0;
+  verity?: VerityHasher;
+  verityEnd = 0;
+
+  constructor(
+    private readonly fh: FileHandle,
+    private readonly base: number,
+    private readonly limit: number,
+  ) {}
+
+  async write(b: Buffer): Promise<void> {
+    if (this.position + b.length > this.limit) throw new DeltaFormatError(`writes past the target's ${this.limit} bytes`);
+    this.sha.update(b);
+    if (this.verity && this.position < this.verityEnd) this.verity.update(b.subarray(0, this.verityEnd - this.position));
+    this.position += b.length;
+    this.batch.push(b);
+    this.batchBytes += b.length;
+    if (this.batchBytes >= CHUNK) await this.flush();
+  }
+
+  async flush(): Promise<void> {
+    if (this.batchBytes === 0) return;
+    await this.fh.writev(this.batch, this.base + this.flushed);
+    this.flushed += this.batchBytes;
+    this.batch = [];
+    this.batchBytes = 0;
+  }
+
+  digest(): string {
+    return this.sha.digest('hex');
+  }
+}
+
+/** Writes buffers in order while several of them are still being deflated. */
+class Ordered {
+  private readonly queue: Promise<Buffer>[] = [];
+  constructor(private readonly out: SlotWriter) {}
+
+  async push(p: Promise<Buffer>): Promise<void> {
+    p.catch(() => undefined); // surfaced when awaited in order
+    this.queue.push(p);
+    while (this.queue.length >= IN_FLIGHT) await this.out.write(await this.queue.shift()!);
+  }
+  async drain(): Promise<void> {
+    while (this.queue.length) await this.out.write(await this.queue.shift()!);
+  }
+}
+
+function deflateAsync(data: Buffer, level: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => deflate(data, { level }, (err, out) => (err ? reject(err) : resolve(out))));
+}
+
+function streamOf(path: string, start: number, length: number): AsyncIterator<Buffer> {
+  if (length === 0) return (async function* () {})();
+  const dec = createBrotliDecompress();
+  pipeline(createReadStream(path, { start, end: start + length - 1 }), dec, () => undefined);
+  return dec[Symbol.asyncIterator]();
+}
+
+async function readHeader(path: string): Promise<{ header: DeltaHeader; bodyStart: number; size: number }> {
+  const fh = await open(path, 'r').catch((err: NodeJS.ErrnoException) => {
+    throw new EdgekitError(`delta ${path}: cannot open: ${err.code ?? err.message}`);
+  });
+  try {
+    const size = (await fh.stat()).size;
+    const head = Buffer.alloc(12);
+    const { bytesRead } = await fh.read(head, 0, 12, 0);
+    if (bytesRead < 12 || head.toString('latin1', 0, 8) !== MAGIC) throw new DeltaFormatError('not an edgekit delta');
+    const len = head.readUInt32LE(8);
+    if (len > MAX_HEADER || 12 + len > size) throw new DeltaFormatError('header is truncated');
+    const packed = await readExact(fh, Buffer.alloc(len), 12, `delta ${path}`);
+    const header = JSON.parse(brotliDecompressSync(packed).toString('utf8')) as DeltaHeader;
+    if (header.format !== FORMAT) throw new DeltaFormatError(`format ${String(header.format)} is not ${FORMAT}`);
+    const s = header.streams;
+    if (12 + len + s.ops + s.add + s.literal !== size) throw new DeltaFormatError(`is ${size} bytes, its header describes ${12 + len + s.ops + s.add + s.literal}`);
+    return { header, bodyStart: 12 + len, size };
+  } finally {
+    await fh.close();
+  }
+}
+
+async function sha256Range(fh: FileHandle, base: number, length: number, what: string): Promise<string> {
+  const hash = createHash('sha256');
+  const buf = Buffer.allocUnsafe(CHUNK);
+  for (let pos = 0; pos < length; pos += CHUNK) {
+    const n = Math.min(CHUNK, length - pos);
+    hash.update(await readExact(fh, buf.subarray(0, n), base + pos, what));
+  }
+  return hash.digest('hex');
+}
+
+async function spool(stream: Readable): Promise<{ path: string; cleanup: () => Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), 'edgekit-delta-'));
+  const path = join(dir, 'delta');
+  await pipelineAsync(stream, createWriteStream(path));
+  return { path, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
+
+export async function applyDelta(opts: ApplyDeltaOptions): Promise<void> {
+  if (typeof opts.delta !== 'string') {
+    const spooled = await spool(opts.delta);
+    try {
+      return await applyDelta({ ...opts, delta: spooled.path });
+    } finally {
+      await spooled.cleanup();
+    }
+  }
+  const deltaPath = opts.delta;
+  const corrupt = (err: unknown): never => {
+    if (err instanceof EdgekitError) throw err;
+    const msg = err instanceof DeltaFormatError ? err.message : `${(err as Error).message}`;
+    throw new EdgekitError(`delta ${deltaPath} is corrupt or truncated: ${msg}`);
+  };
+
+  const { header, bodyStart } = await readHeader(deltaPath).catch(corrupt);
+  if (header.to.sha256 !== opts.expectedSha256.toLowerCase() || header.to.size !== opts.expectedSize)
+    throw new EdgekitError(`delta ${deltaPath} builds ${header.to.sha256} (${header.to.size} bytes), not the expected target ${opts.expectedSha256} (${opts.expectedSize} bytes)`);
+
+  const activeWhere = `active slot ${slotPath(opts.activePayload)}`;
+  const active = await open(slotPath(opts.activePayload), 'r').catch((err: NodeJS.ErrnoException) => {
+    throw new EdgekitError(`${activeWhere}: cannot open: ${err.code ?? err.message}`);
+  });
+  try {
+    const activeBase = slotOffset(opts.activePayload);
+    const activeSha = await sha256Range(active, activeBase, header.from.size, activeWhere);
+    if (activeSha !== header.from.sha256)
+      throw new EdgekitError(`${activeWhere} holds ${activeSha}, not the release this delta starts from (${header.from.sha256})`);
+
+    const outPath = slotPath(opts.out);
+    const outBase = slotOffset(opts.out);
+    const outFh = await open(outPath, 'r+').catch(async (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return open(outPath, 'w+', 0o644);
+      throw new EdgekitError(`inactive slot ${outPath}: cannot open: ${err.code ?? err.message}`);
+    });
+    let wrote = false;
+    try {
+      const out = new SlotWriter(outFh, outBase, header.to.size);
+      if (header.verity) {
+        out.verity = new VerityHasher(Buffer.from(header.verity.salt, 'hex'));
+        out.verityEnd = header.verity.dataSize;
+      }
+      wrote = true;
+      await run(deltaPath, bodyStart, header, new OldFiles(active, activeBase, header, activeWhere), out).catch(corrupt);
+      await out.flush();
+      if (out.position !== header.to.size) corrupt(new DeltaFormatError(`wrote ${out.position} of ${header.to.size} bytes`));
+      const sha = out.digest();
+      if (sha !== opts.expectedSha256.toLowerCase())
+        throw new EdgekitError(`delta ${deltaPath}: the rebuilt slot hashes to ${sha}, not the signed ${opts.expectedSha256}`);
+      if (outBase === 0 && (await outFh.stat()).isFile()) await outFh.truncate(header.to.size);
+      await outFh.sync();
+    } catch (err) {
+      // Leave nothing that looks like a filesystem behind.
+      if (wrote) await outFh.write(Buffer.alloc(4096), 0, 4096, outBase).then(() => outFh.sync()).catch(() => undefined);
+      throw err;
+    } finally {
+      await outFh.close();
+    }
+  } finally {
+    await active.close();
+  }
+}
+
+async function run(path: string, bodyStart: number, header: DeltaHeader, old: OldFiles, out: SlotWriter): Promise<void> {
+  const s = header.streams;
+  const ops = new ByteReader(streamOf(path, bodyStart, s.ops), 'ops stream');
+  const add = new ByteReader(streamOf(path, bodyStart + s.ops, s.add), 'add stream');
+  const lit = new ByteReader(streamOf(path, bodyStart + s.ops + s.add, s.literal), 'literal stream');
+  const ordered = new Ordered(out);
+  let planned = 0; // target bytes queued so far
+  const plan = (n: number) => {
+    planned += n;
+    if (planned > header.to.size) throw new DeltaFormatError(`describes more than the target's ${header.to.size} bytes`);
+  };
+
+  for (;;) {
+    const op = await ops.byte();
+    if (op === Op.End) break;
+    switch (op) {
+      case Op.Copy: {
+        let off = await ops.varint();
+        let len = await ops.varint();
+        plan(len);
+        if (off + len > header.from.size) throw new DeltaFormatError(`copy ${off}+${len} is outside the active payload`);
+        while (len > 0) {
+          const n = Math.min(len, CHUNK);
+          await ordered.push(Promise.resolve(await old.stored(off, Buffer.allocUnsafe(n))));
+          off += n;
+          len -= n;
+        }
+        break;
+      }
+      case Op.Literal: {
+        let len = await ops.varint();
+        plan(len);
+        while (len > 0) {
+          const n = Math.min(len, CHUNK);
+          await ordered.push(Promise.resolve(await lit.take(n)));
+          len -= n;
+        }
+        break;
+      }
+      case Op.Block: {
+        const rawLen = await ops.varint();
+        const storedLen = await ops.varint();
+        const rawStored = (await ops.byte()) === 1;
+        const crc = await ops.u32();
+        if (rawLen > MAX_BLOCK || storedLen > MAX_BLOCK) throw new DeltaFormatError(`a block of ${rawLen} bytes`);
+        plan(storedLen);
+        const raw = Buffer.allocUnsafe(rawLen);
+        for (let at = 0; at < rawLen; ) {
+          const piece = await ops.byte();
+          if (piece === Op.RLit) {
+            const n = await ops.varint();
+            if (at + n > rawLen) throw new DeltaFormatError('a piece overruns its block');
+            await lit.take(n, raw, at);
+            at += n;
+          } else if (piece === Op.RCopy || piece === Op.RAdd) {
+            const src = await ops.varint();
+            const off = await ops.varint();
+            const n = await ops.varint();
+            if (at + n > rawLen) throw new DeltaFormatError('a piece overruns its block');
+            await old.read(src, off, n, raw, at);
+            if (piece === Op.RAdd) {
+              const diff = await add.take(n);
+              for (let i = 0; i < n; i++) raw[at + i] = (raw[at + i] + diff[i]) & 0xff;
+            }
+            at += n;
+          } else throw new DeltaFormatError(`unknown piece ${piece}`);
+        }
+        const where = planned - storedLen;
+        const stored = rawStored ? Promise.resolve(raw) : deflateAsync(raw, header.deflate.level);
+        await ordered.push(
+          stored.then((b) => {
+            if (b.length !== storedLen || crc32(b) !== crc)
+              throw new EdgekitError(
+                `delta: the block at byte ${where} of the target does not rebuild (this device's zlib ${process.versions.zlib}, the publisher's ${header.deflate.zlib}, or a corrupt delta): install the full image`,
+              );
+            return b;
+          }),
+        );
+        break;
+      }
+      case Op.Verity: {
+        await ordered.drain();
+        if (!out.verity || out.position !== out.verityEnd) throw new DeltaFormatError('hash tree requested at the wrong place');
+        const { tree } = out.verity.finish();
+        plan(tree.length);
+        for (let at = 0; at < tree.length; at += CHUNK) await out.write(tree.subarray(at, at + CHUNK));
+        break;
+      }
+      default:
+        throw new DeltaFormatError(`unknown operation ${op}`);
+    }
+  }
+  await ordered.drain();
+  for (const [r, name] of [[ops, 'ops'], [add, 'add'], [lit, 'literal']] as const)
+    if (!(await r.atEnd())) throw new DeltaFormatError(`${name} stream has bytes left over`);
+}

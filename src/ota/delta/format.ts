@@ -1,0 +1,165 @@
+/**
+ * The delta file (edgekit-delta/1).
+ *
+ *   "EKDELTA1" | u32 header length | header (brotli JSON, DeltaHeader)
+ *   | ops stream | add stream | literal stream        (each brotli-compressed, lengths in the header)
+ *
+ * The ops stream is a program that writes the target payload front to back:
+ *   COPY   off len          stored bytes of the active payload, verbatim (unchanged file blocks)
+ *   LIT    len              bytes from the literal stream (superblock, inode and directory tables)
+ *   BLOCK  raw stored crc   one data or fragment block: its uncompressed bytes come from a recipe
+ *                           of RCOPY/RADD/RLIT pieces, then it is deflated on the device and must
+ *                           come out as exactly `stored` bytes with CRC-32 `crc`
+ *   VERITY                  the dm-verity hash tree of everything written so far (header.verity)
+ *   END
+ * Recipe pieces read uncompressed bytes of an old file ("source", listed in the header by where
+ * its blocks sit in the active payload): RCOPY src off len; RADD src off len adds the next `len`
+ * add-stream bytes to them (bsdiff's differences); RLIT len takes literal-stream bytes.
+ * Separate streams keep alike bytes together, which is what makes them compress.
+ */
+export const MAGIC = 'EKDELTA1';
+export const FORMAT = 'edgekit-delta/1';
+
+export enum Op {
+  End = 0,
+  Copy = 1,
+  Literal = 2,
+  Block = 3,
+  Verity = 4,
+  RCopy = 0x10,
+  RAdd = 0x11,
+  RLit = 0x12,
+}
+
+export interface DeltaSource {
+  size: number;
+  /** Full blocks: [absolute offset, size word]. */
+  blocks: [number, number][];
+  /** Tail: [fragment block offset, its size word, offset of the tail inside it]. */
+  tail?: [number, number, number];
+}
+
+export interface DeltaHeader {
+  format: typeof FORMAT;
+  from: { size: number; sha256: string };
+  to: { size: number; sha256: string };
+  /** Data blocks are rebuilt with deflate at this level; `zlib` is the publisher's version. */
+  deflate: { level: number; zlib: string };
+  /** Block size of the active payload's squashfs (sources' blocks). */
+  sourceBlockSize: number;
+  /** Whether the active payload's data blocks are compressed at all. */
+  sourceCompressed: boolean;
+  sources: DeltaSource[];
+  verity?: { salt: string; dataSize: number };
+  streams: { ops: number; add: number; literal: number };
+}
+
+/** A growable byte buffer with LEB128 varints. */
+export class ByteWriter {
+  private buf = Buffer.alloc(1 << 16);
+  length = 0;
+
+  private room(n: number): void {
+    if (this.length + n <= this.buf.length) return;
+    const next = Buffer.alloc(Math.max(this.buf.length * 2, this.length + n));
+    this.buf.copy(next, 0, 0, this.length);
+    this.buf = next;
+  }
+  byte(v: number): void {
+    this.room(1);
+    this.buf[this.length++] = v;
+  }
+  varint(v: number): void {
+    if (!Number.isSafeInteger(v) || v < 0) throw new Error(`varint out of range: ${v}`);
+    this.room(8);
+    while (v >= 0x80) {
+      this.buf[this.length++] = (v % 0x80) | 0x80;
+      v = Math.floor(v / 0x80);
+    }
+    this.buf[this.length++] = v;
+  }
+  u32(v: number): void {
+    this.room(4);
+    this.buf.writeUInt32LE(v >>> 0, this.length);
+    this.length += 4;
+  }
+  bytes(b: Uint8Array): void {
+    this.room(b.length);
+    this.buf.set(b, this.length);
+    this.length += b.length;
+  }
+  finish(): Buffer {
+    return this.buf.subarray(0, this.length);
+  }
+}
+
+/** Reads a byte stream pulled from an async iterator, without awaiting once data is buffered. */
+export class ByteReader {
+  private chunk: Buffer = Buffer.alloc(0);
+  private pos = 0;
+
+  constructor(
+    private readonly source: AsyncIterator<Buffer>,
+    private readonly what: string,
+  ) {}
+
+  private async fill(): Promise<void> {
+    const next = await this.source.next();
+    if (next.done) throw new DeltaFormatError(`${this.what} ends early`);
+    this.chunk = this.pos < this.chunk.length ? Buffer.concat([this.chunk.subarray(this.pos), next.value]) : next.value;
+    this.pos = 0;
+  }
+
+  async byte(): Promise<number> {
+    while (this.pos >= this.chunk.length) await this.fill();
+    return this.chunk[this.pos++];
+  }
+
+  async varint(): Promise<number> {
+    let v = 0;
+    let scale = 1;
+    for (let i = 0; i < 8; i++) {
+      const b = this.pos < this.chunk.length ? this.chunk[this.pos++] : await this.byte();
+      v += (b & 0x7f) * scale;
+      if (b < 0x80) return v;
+      scale *= 0x80;
+    }
+    throw new DeltaFormatError(`${this.what}: malformed number`);
+  }
+
+  async u32(): Promise<number> {
+    const b = await this.take(4);
+    return b.readUInt32LE(0);
+  }
+
+  /** The next `n` bytes, copied into `into` at `at` (or returned). */
+  async take(n: number, into?: Buffer, at = 0): Promise<Buffer> {
+    const out = into ?? Buffer.allocUnsafe(n);
+    let done = 0;
+    while (done < n) {
+      if (this.pos >= this.chunk.length) await this.fill();
+      const k = Math.min(n - done, this.chunk.length - this.pos);
+      this.chunk.copy(out, at + done, this.pos, this.pos + k);
+      this.pos += k;
+      done += k;
+    }
+    return into ? out.subarray(at, at + n) : out;
+  }
+
+  /** True when nothing is left: a stream must be used up exactly. */
+  async atEnd(): Promise<boolean> {
+    if (this.pos < this.chunk.length) return false;
+    for (;;) {
+      const next = await this.source.next();
+      if (next.done) return true;
+      if (next.value.length > 0) {
+        this.chunk = next.value;
+        this.pos = 0;
+        return false;
+      }
+    }
+  }
+}
+
+/** A delta that does not decode: corrupt, truncated or not a delta. */
+export class DeltaFormatError extends Error {}
