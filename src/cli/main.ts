@@ -12,6 +12,7 @@ import { registerInspect } from './inspect.js';
 import { registerRun } from './run.js';
 import { resolveEmulationFromImage } from './emulation.js';
 import { registerRpiboot } from './rpiboot.js';
+import { registerDevices } from './devices.js';
 
 export function program(): Command {
   const p = new Command('edgekit')
@@ -26,6 +27,7 @@ export function program(): Command {
   registerInspect(p);
   registerRun(p, resolveEmulationFromImage);
   registerRpiboot(p);
+  registerDevices(p);
   return p;
 }
 

@@ -134,7 +134,11 @@ export async function checkTarget(
       throw new EdgekitError(`${path}: is a partition (${d.partitions[i]}); flash the whole disk instead: --to ${d.path}`);
     }
   }
-  if (!info) return checkFileTarget(path, false);
+  if (!info) {
+    // Writing to a mistyped /dev/sdX would create a RAM-backed file and "succeed": refuse instead.
+    if (real.startsWith('/dev/')) throw new EdgekitError(`${path}: no such device (is it plugged in? see 'edgekit devices')`);
+    return checkFileTarget(path, false);
+  }
   if (info.isBlockDevice()) {
     throw new EdgekitError(`${path}: not a drive edgekit can flash (a virtual, RAID, optical or empty device); see 'edgekit devices --all'`);
   }
