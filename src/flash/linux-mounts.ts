@@ -87,7 +87,9 @@ export function mountContaining(mounts: MountEntry[], path: string): MountEntry 
 export function overlayLayers(m: MountEntry): string[] {
   const dirs: string[] = [];
   for (const opt of m.superOptions.split(',')) {
-    const [k, v] = [opt.slice(0, opt.indexOf('=')), opt.slice(opt.indexOf('=') + 1)];
+    const eq = opt.indexOf('=');
+    if (eq < 0) continue;
+    const [k, v] = [opt.slice(0, eq), opt.slice(eq + 1)];
     if (k === 'upperdir' || k === 'workdir') dirs.push(v);
     if (k === 'lowerdir') dirs.push(...v.split(':').filter(Boolean));
   }
