@@ -86,7 +86,8 @@ export interface RpiBootFile {
 export interface RpiSlotFiles {
   /** 'A' or 'B'. */
   name: string;
-  kernel: string; // path of the kernel Image (Debian's vmlinuz)
+  /** Path of the kernel Image (Debian's vmlinuz); absent for a slot that ships empty. */
+  kernel?: string;
   initrd?: string;
   /** The kernel command line, one line. */
   cmdline: string;
@@ -98,6 +99,12 @@ export interface RpiBootOptions {
   model: RpiModel;
   /** raspi-firmware's files (usr/lib/raspi-firmware); may be omitted for the Pi 5. */
   firmwareDir?: string;
+  /** Or: where each raspi-firmware file is, by its path under the firmware folder ('start4.elf', 'overlays/x.dtbo'). */
+  firmwareFile?: (name: string) => string;
+  /** The firmware files to copy; default: the model's (RPI_MODELS). */
+  firmwareFiles?: string[];
+  /** Extra config.txt lines (a board's `boot.config.extra`). */
+  configExtra?: string[];
   loader?: 'uboot' | 'tryboot';
   /** u-boot.bin (Debian's u-boot-rpi: usr/lib/u-boot/rpi_arm64/u-boot.bin); for loader 'uboot'. */
   ubootBin?: string;
@@ -142,18 +149,24 @@ export function rpiBootFiles(opts: RpiBootOptions): RpiBootFile[] {
     if (s.name !== SLOT_NAMES[i]) throw new EdgekitError(`${where}: slot ${i + 1} must be named ${SLOT_NAMES[i]}, got ${JSON.stringify(s.name)}`);
     if (/[\r\n]/.test(s.cmdline.trim())) throw new EdgekitError(`${where}: slot ${s.name} command line must be one line`);
   });
+  for (const line of opts.configExtra ?? []) {
+    if (/[\r\n]/.test(line)) throw new EdgekitError(`${where}: config.txt line ${JSON.stringify(line)} must be one line`);
+  }
   for (const p of [...(opts.dtoverlays ?? []), ...(opts.dtparams ?? [])]) {
     if (!PARAM.test(p)) throw new EdgekitError(`${where}: dtoverlay/dtparam ${JSON.stringify(p)} has characters config.txt cannot take`);
   }
   const files: RpiBootFile[] = [];
   const add = (f: RpiBootFile) => files.push(f);
 
-  if (info.firmwareFiles.length > 0 && !opts.firmwareDir) throw new EdgekitError(`${where}: firmwareDir (raspi-firmware) is required`);
-  for (const name of info.firmwareFiles) add({ path: name, file: `${opts.firmwareDir}/${name}` });
+  const firmware = (name: string, why: string): string => {
+    if (opts.firmwareFile) return opts.firmwareFile(name);
+    if (opts.firmwareDir) return `${opts.firmwareDir}/${name}`;
+    throw new EdgekitError(`${where}: ${why} needs the raspi-firmware files (firmwareDir or firmwareFile)`);
+  };
+  for (const name of opts.firmwareFiles ?? info.firmwareFiles) add({ path: name, file: firmware(name, name) });
   for (const name of opts.dtoverlays ?? []) {
     const overlay = name.split(',')[0];
-    if (!opts.firmwareDir) throw new EdgekitError(`${where}: dtoverlay ${overlay} needs firmwareDir (its overlays/ folder)`);
-    add({ path: `overlays/${overlay}.dtbo`, file: `${opts.firmwareDir}/overlays/${overlay}.dtbo` });
+    add({ path: `overlays/${overlay}.dtbo`, file: firmware(`overlays/${overlay}.dtbo`, `dtoverlay ${overlay}`) });
   }
   // The firmware loads the board's DTB from the root (upstream names, see upstream_kernel below).
   for (const [name, path] of Object.entries(opts.dtbs)) add({ path: basename(name), file: path });
@@ -196,19 +209,21 @@ export function rpiBootFiles(opts: RpiBootOptions): RpiBootFile[] {
 }
 
 function addSlotKernel(add: (f: RpiBootFile) => void, dir: string, s: RpiSlotFiles): void {
+  if (!s.kernel) return; // an empty slot: the first update fills it
   add({ path: `${dir}/vmlinuz`, file: s.kernel });
   if (s.initrd) add({ path: `${dir}/initrd.img`, file: s.initrd });
   add({ path: `${dir}/cmdline.txt`, data: Buffer.from(s.cmdline.trim() + '\n') });
 }
 
 function hasInitrd(opts: RpiBootOptions): boolean {
-  const n = opts.slots.filter((s) => s.initrd).length;
-  if (n !== 0 && n !== opts.slots.length) throw new EdgekitError(`Raspberry Pi boot (${opts.model}): either every slot has an initramfs or none`);
+  const filled = opts.slots.filter((s) => s.kernel);
+  const n = filled.filter((s) => s.initrd).length;
+  if (n !== 0 && n !== filled.length) throw new EdgekitError(`Raspberry Pi boot (${opts.model}): either every slot has an initramfs or none`);
   return n > 0;
 }
 
 function orderedSlots(opts: RpiBootOptions): string[] {
-  const names = opts.slots.map((s) => s.name);
+  const names = opts.slots.filter((s) => s.kernel).map((s) => s.name);
   const order = (opts.bootOrder ?? names.join(' ')).split(/\s+/).filter(Boolean);
   if (order.length !== names.length || !names.every((n) => order.includes(n))) {
     throw new EdgekitError(`Raspberry Pi boot (${opts.model}): bootOrder ${JSON.stringify(opts.bootOrder)} must name each slot (${names.join(' ')}) once`);
@@ -249,6 +264,7 @@ function configTxt(opts: RpiBootOptions, info: RpiModelInfo, p: ConfigTxtParts):
   }
   for (const o of opts.dtoverlays ?? []) out.push(`dtoverlay=${o}`);
   for (const d of opts.dtparams ?? []) out.push(`dtparam=${d}`);
+  if (opts.configExtra?.length) out.push('# From the board file (boot.config.extra).', ...opts.configExtra);
   return out.join('\n') + '\n';
 }
 
@@ -270,7 +286,8 @@ export function initialUbootEnv(opts: RpiBootOptions): Record<string, string> {
     stdin: 'serial',
     stdout: 'serial,vidconsole',
   };
-  for (const s of opts.slots) env[counterVar(s.name)] = tries;
+  // A slot that ships empty is not in BOOT_ORDER and has no tries: U-Boot never picks it.
+  for (const s of opts.slots) env[counterVar(s.name)] = s.kernel ? tries : '0';
   return env;
 }
 

@@ -142,7 +142,8 @@ async function writeOutputs(x: OutputInputs): Promise<BuildResult> {
     ...x.kernelCmdline,
     ...board.cmdline,
     ...spec.cmdline,
-    'edgekit.slot=a',
+    // Under U-Boot the A/B script appends edgekit.slot=<slot> itself, so one cmdline.txt serves any slot.
+    ...(board.boot.firmware === 'rpi' && board.boot.loader === 'uboot' ? [] : ['edgekit.slot=a']),
   ];
   let slotA: SlotBoot;
   if (spec.root === 'disk') {

@@ -26,14 +26,19 @@ export async function rpiBootPartition(
   const fileOf = (e: ReturnType<Tree['get']>) => (e?.type === 'file' && e.content.kind === 'file' ? e.content.path : '');
   const files = rpiBootFiles({
     model: boot.model,
-    // @ts-expect-error until rpiBootFiles takes a resolver
     firmwareFile: (name: string) => bootPackageFile(`usr/lib/raspi-firmware/${name}`).file,
+    firmwareFiles: boot.firmwareFiles,
+    configExtra: boot.config.extra,
     loader: boot.loader,
     ubootBin: boot.uboot ? bootPackageFile(boot.uboot.file).file : undefined,
     dtbs,
     dtoverlays: boot.config.dtoverlays,
     dtparams: boot.config.dtparams,
-    slots: [{ name: 'A', kernel: fileOf(kernelEntry), initrd: fileOf(initrdEntry), cmdline: b.slotA.cmdline, dtbs }],
+    // Slot B is declared (the script knows it) but ships empty and out of BOOT_ORDER.
+    slots: [
+      { name: 'A', kernel: fileOf(kernelEntry), initrd: fileOf(initrdEntry), cmdline: b.slotA.cmdline, dtbs },
+      { name: 'B', cmdline: '', dtbs: {} },
+    ],
     tries: b.tries,
     sourceDateEpoch: b.epoch,
   });

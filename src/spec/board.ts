@@ -39,7 +39,6 @@ const rpiBoot = z.strictObject({
     .strictObject({
       package: z.string().default('u-boot-rpi'),
       file: z.string(),
-      envSize: sizeSchema.default(0x4000),
     })
     .optional(),
   config: z

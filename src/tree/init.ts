@@ -21,7 +21,9 @@ mount -t devtmpfs devtmpfs /dev
 . /etc/edgekit/lib.sh
 load_modules /etc/edgekit/modules
 
-slot=$(cmdline_arg edgekit.slot) || { log "no edgekit.slot= on the command line"; exit 1; }
+# U-Boot's A/B script names slots A and B; partitions and boot entries use a and b.
+slot=$(cmdline_arg edgekit.slot | tr AB ab)
+[ -n "$slot" ] || { log "no edgekit.slot= on the command line"; exit 1; }
 verity=$(cmdline_arg edgekit.verity) || { log "no edgekit.verity= on the command line"; exit 1; }
 # edgekit.verity=<root hash>:<salt>:<data blocks>:<hash start block>
 IFS=: read -r roothash salt blocks hashstart <<EOV

@@ -207,7 +207,7 @@ while read -r kind iface; do
 done < /etc/edgekit/network
 
 . /etc/os-release
-log "$PRETTY_NAME, slot $(cmdline_arg edgekit.slot || echo ?)"
+log "$PRETTY_NAME, slot $(cmdline_arg edgekit.slot | tr AB ab)"
 cat /etc/edgekit/marker > /dev/console
 `;
 
