@@ -1,0 +1,59 @@
+/**
+ * Writing a new repository state in the order that keeps every moment consistent for a device
+ * polling it: targets first, then the snapshot naming it, then the timestamp naming the snapshot
+ * (the only file rewritten in place). Old versioned files stay, so a device that read the old
+ * timestamp a moment ago still finds the files it names.
+ */
+import { Metadata, Snapshot, Timestamp, Targets } from '@tufjs/models';
+import { encodeMetadata, metaFileFor, signRole, writeRole, ISSUED_FIELD, SPEC_VERSION, type RepoState } from './metadata-files.js';
+import { expiryAfter, type RepoPolicy } from './policy.js';
+import { loadRoleKeys } from './role-keys.js';
+
+export interface ChainOptions {
+  repo: string;
+  keys: string;
+  now: Date;
+  policy: RepoPolicy;
+}
+
+/** Signs and writes `targets` (a new version) plus a new snapshot and timestamp. */
+export async function writeTargetsChain(state: RepoState, targets: Targets, o: ChainOptions): Promise<RepoState> {
+  const md = new Metadata(targets);
+  signRole(md, 'targets', state.root.signed, await loadRoleKeys(o.keys, 'targets'), o.keys);
+  const bytes = encodeMetadata(md);
+  await writeRole(o.repo, `${targets.version}.targets.json`, bytes);
+  return writeSnapshotChain({ ...state, targets: md }, metaFileFor(bytes, targets.version), o);
+}
+
+/**
+ * A new snapshot (pointing at `targetsMeta`, or the current targets again) and timestamp: what the
+ * online keys re-sign periodically so devices keep seeing fresh metadata.
+ */
+export async function writeSnapshotChain(state: RepoState, targetsMeta: ReturnType<typeof metaFileFor> | undefined, o: ChainOptions): Promise<RepoState> {
+  const snapshot = new Snapshot({
+    specVersion: SPEC_VERSION,
+    version: state.snapshot.signed.version + 1,
+    expires: expiryAfter(o.now, o.policy.expires.snapshot),
+    meta: { 'targets.json': targetsMeta ?? state.snapshot.signed.meta['targets.json'] },
+  });
+  const snapMd = new Metadata(snapshot);
+  signRole(snapMd, 'snapshot', state.root.signed, await loadRoleKeys(o.keys, 'snapshot'), o.keys);
+  const snapBytes = encodeMetadata(snapMd);
+  await writeRole(o.repo, `${snapshot.version}.snapshot.json`, snapBytes);
+
+  const timestamp = newTimestamp(state.timestamp.signed.version + 1, o.now, o.policy, metaFileFor(snapBytes, snapshot.version));
+  const tsMd = new Metadata(timestamp);
+  signRole(tsMd, 'timestamp', state.root.signed, await loadRoleKeys(o.keys, 'timestamp'), o.keys);
+  await writeRole(o.repo, 'timestamp.json', encodeMetadata(tsMd));
+  return { ...state, snapshot: snapMd, timestamp: tsMd };
+}
+
+export function newTimestamp(version: number, now: Date, policy: RepoPolicy, snapshotMeta: ReturnType<typeof metaFileFor>): Timestamp {
+  return new Timestamp({
+    specVersion: SPEC_VERSION,
+    version,
+    expires: expiryAfter(now, policy.expires.timestamp),
+    snapshotMeta,
+    unrecognizedFields: { [ISSUED_FIELD]: expiryAfter(now, 0) },
+  });
+}
