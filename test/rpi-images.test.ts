@@ -11,7 +11,7 @@ import { describe, expect, it } from 'vitest';
 import { builtImage, testDir } from './helpers/built-images.js';
 import { sh } from './helpers/image-bytes.js';
 import { checkRpiBootPartition, checkRpiPartitionTable, type RpiModel } from './rpi-boot-table.js';
-import { fsckBootPartition, readBootFile, readBootPartition, writeBootFile } from './helpers/rpi-sdimage.js';
+import { bootPartitionOffset, fsckBootPartition, readBootFile, readBootPartition, writeBootFile } from './helpers/rpi-sdimage.js';
 import { runRaspi3b } from './helpers/rpi-qemu.js';
 import { buildUbootEnv, parseUbootEnv } from '../src/boot/uboot.js';
 
@@ -51,7 +51,7 @@ describe('Raspberry Pi images match what the Pi firmware expects', () => {
     const img = await builtImage('gateway', 'rpi4');
     const table = JSON.parse(sh('sfdisk', ['--json', img.image])).partitiontable;
     expect(table.partitions.map((p: { type: string }) => p.type)).toEqual(['c', '83', '83', 'f', 'c', '83']);
-    expect(sh('sfdisk', ['--verify', img.image])).not.toMatch(/error/i);
+    expect(sh('sfdisk', ['--verify', img.image])).toMatch(/No errors detected/);
     expect(checkRpiBootPartition('rpi4', readBootPartition(img.image))).toEqual([]);
   }, 300_000);
 });
@@ -87,6 +87,7 @@ describe('Raspberry Pi 3 under QEMU (raspi3b)', () => {
     execFileSync('truncate', ['-s', String(size), sd]);
 
     // An update that went wrong: slot B holds a kernel that cannot boot, and is first in line.
+    sh('mmd', ['-i', `${sd}@@${bootPartitionOffset(sd)}`, '::slot-b']);
     writeBootFile(sd, 'slot-b/vmlinuz', Buffer.alloc(4 << 20, 0x5a));
     writeBootFile(sd, 'slot-b/initrd.img', readBootFile(sd, 'slot-a/initrd.img'));
     writeBootFile(sd, 'slot-b/cmdline.txt', readBootFile(sd, 'slot-a/cmdline.txt'));
