@@ -82,7 +82,7 @@ export class FlashTarget {
       this.bytesWritten += len;
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
-      this.failure = `${this.path}: write failed at byte ${position + done} (${n - done} bytes): ${code}${hint(code)}`;
+      this.failure = `${this.path}: write failed in bytes ${position + done}-${position + n - 1}: ${code}${hint(code)}`;
     }
   }
 
