@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { builtImage, testDir, type BuiltImage } from './helpers/built-images.js';
+import { builtImage, CLI, REPO, testDir, type BuiltImage } from './helpers/built-images.js';
 import { extractRange, nonZeroBlocks, sh } from './helpers/image-bytes.js';
 import type { SignedManifest } from '../src/image/manifest.js';
 import { cacheDir } from '../src/util/cache.js';
@@ -123,6 +123,14 @@ describe('minimal.yml on qemu-x86_64', () => {
     sh('bmaptool', ['copy', '--bmap', img.bmap, img.image, copy]);
     expect(statSync(copy).size).toBe(statSync(img.image).size);
     sh('cmp', [img.image, copy]);
+  });
+
+  it('builds again with no network at all (warm cache, --offline), byte for byte the same', async () => {
+    if (process.getuid?.() !== 0) return; // unshare -n needs root
+    const out = join(work, 'offline');
+    // A new network namespace has no interfaces but a down loopback: any download would fail.
+    sh('unshare', ['-n', 'node', CLI, 'build', join(REPO, 'examples', 'minimal.yml'), '--board', 'qemu-x86_64', '--key', img.key, '-o', out, '--offline']);
+    sh('cmp', [img.image, join(out, 'minimal-qemu-x86_64.img')]);
   });
 
   it('has a .img.zst that decompresses to the image', () => {

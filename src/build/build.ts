@@ -44,6 +44,8 @@ export interface BuildOptions {
   /** Pin every package to this lock file. */
   lock?: string;
   zstd?: boolean;
+  /** Use only the cache: the last verified InRelease and indices, cached .debs (or a complete --lock). */
+  offline?: boolean;
   /** Seconds since the epoch stamped on every file; default $SOURCE_DATE_EPOCH, else 0. */
   sourceDateEpoch?: number;
   progress?: Progress;
@@ -80,7 +82,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   const lock = opts.lock ? await readLock(opts.lock) : undefined;
   const plan = planLayout(board, spec.root);
 
-  const archive = await openBuildArchive(spec, opts.spec, board, opts.mirror);
+  const archive = await openBuildArchive(spec, opts.spec, board, opts.mirror, opts.offline);
   const names = groupNames(spec, board, kernel, overlays.flatMap((o) => o.packages));
   const pkgs = await fetchPackages(archive, names, lock, progress);
   const kp = await kernelParts(pkgs.groups.kernel);

@@ -34,11 +34,11 @@ export interface PackageSet {
   all: ResolvedPackage[];
 }
 
-export async function openBuildArchive(spec: ImageSpec, specFile: string, board: Board, mirrorOverride?: string): Promise<Archive> {
+export async function openBuildArchive(spec: ImageSpec, specFile: string, board: Board, mirrorOverride?: string, offline?: boolean): Promise<Archive> {
   if (spec.debian.debs) return openDebFolder(resolvePath(dirname(specFile), spec.debian.debs));
   const mirror = mirrorOverride ?? spec.debian.mirror ?? (await defaultMirror());
   const securityMirror = spec.debian.securityMirror ?? (mirrorOverride ? undefined : await defaultSecurityMirror(mirror));
-  return openArchive({ mirror, securityMirror, suite: spec.debian.suite, components: spec.debian.components, arch: board.arch });
+  return openArchive({ mirror, securityMirror, suite: spec.debian.suite, components: spec.debian.components, arch: board.arch, offline });
 }
 
 export function groupNames(spec: ImageSpec, board: Board, kernel: Kernel, overlayPackages: string[]): Record<PackageGroup, string[]> {

@@ -13,13 +13,14 @@ export function registerBuild(program: Command): void {
     .option('--lock <file>', 'pin every package to this lock file (from an earlier build)')
     .option('--mirror <url>', 'Debian mirror (default: the host\'s Debian apt source)')
     .option('--zstd', 'also write <image>.img.zst')
+    .option('--offline', 'no network: use the cached signed indices and packages (or a complete --lock)')
     .option('--json', 'print what was written as JSON (progress as JSON lines on stderr)')
-    .action(async (spec: string, o: { board: string; key: string; out: string; lock?: string; mirror?: string; zstd?: boolean; json?: boolean }) => {
+    .action(async (spec: string, o: { board: string; key: string; out: string; lock?: string; mirror?: string; zstd?: boolean; offline?: boolean; json?: boolean }) => {
       const tty = process.stderr.isTTY && !o.json;
       const progress = o.json ? jsonProgress() : tty ? terminalProgress() : noProgress;
       const started = Date.now();
       try {
-        const r = await build({ spec, board: o.board, key: o.key, outDir: o.out, lock: o.lock, mirror: o.mirror, zstd: o.zstd, progress });
+        const r = await build({ spec, board: o.board, key: o.key, outDir: o.out, lock: o.lock, mirror: o.mirror, zstd: o.zstd, offline: o.offline, progress });
         const seconds = (Date.now() - started) / 1000;
         if (o.json) {
           const { manifestDoc, ...files } = r;
