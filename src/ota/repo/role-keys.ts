@@ -34,7 +34,9 @@ export function signerFor(key: RoleKey): (data: Buffer) => Signature {
 /** Makes `count` new keys for `role`, numbered after any that exist (live or retired). */
 export async function generateRoleKeys(keysDir: string, role: RoleName, count: number): Promise<RoleKey[]> {
   await mkdir(keysDir, { recursive: true, mode: 0o700 });
-  const taken = new Set([...(await keyFiles(keysDir)), ...(await keyFiles(join(keysDir, 'retired')))].map((f) => f.name));
+  // A public half without its private key is a key kept offline elsewhere: its number is taken.
+  const names = [...(await readdir(keysDir)), ...(await readdir(join(keysDir, 'retired')).catch(() => [] as string[]))];
+  const taken = new Set(names.map((n) => n.replace(/\.pub$/, '')));
   const out: RoleKey[] = [];
   for (let n = 1; out.length < count; n++) {
     const name = `${role}-${n}.key`;
