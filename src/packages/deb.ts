@@ -182,8 +182,9 @@ export async function unpackDeb(debPath: string, sha256?: string): Promise<Unpac
   }
 }
 
-function toTreeEntry(e: DebEntry): TreeEntry {
-  const base = { path: e.path, mode: e.mode, uid: e.uid, gid: e.gid };
+/** A package entry as a tree entry (at `path`, by default its own), file bytes by reference. */
+export function toTreeEntry(e: DebEntry, path = e.path): TreeEntry {
+  const base = { path, mode: e.mode, uid: e.uid, gid: e.gid };
   switch (e.type) {
     case 'dir':
       return { ...base, type: 'dir' };

@@ -4,8 +4,8 @@
  * a link at write time). Documentation, manuals and translations are left out: nothing on a device
  * reads them, and they would be most of a small image.
  */
-import type { DebEntry, UnpackedDeb } from '../packages/deb.js';
-import type { Tree, TreeEntry } from './tree.js';
+import { toTreeEntry, type UnpackedDeb } from '../packages/deb.js';
+import type { Tree } from './tree.js';
 
 const MERGED = ['bin', 'sbin', 'lib', 'lib32', 'lib64', 'libx32'];
 
@@ -42,23 +42,6 @@ export function addPackage(tree: Tree, pkg: UnpackedDeb, opts: AddPackageOptions
     if (opts.trim !== false && isTrimmed(path)) continue;
     if (opts.filter && !opts.filter(path)) continue;
     // A package's own merged-usr compat links (e.g. lib64/ld-linux...) land in usr/ like files.
-    tree.add(entryAt(e, path));
-  }
-}
-
-function entryAt(e: DebEntry, path: string): TreeEntry {
-  const base = { path, mode: e.mode, uid: e.uid, gid: e.gid };
-  switch (e.type) {
-    case 'dir':
-      return { ...base, type: 'dir' };
-    case 'file':
-      return { ...base, type: 'file', content: { kind: 'file', path: e.content!, size: e.size ?? 0 } };
-    case 'symlink':
-      return { ...base, type: 'symlink', target: e.target! };
-    case 'char':
-    case 'block':
-      return { ...base, type: e.type, major: e.major ?? 0, minor: e.minor ?? 0 };
-    case 'fifo':
-      return { ...base, type: 'fifo' };
+    tree.add(toTreeEntry(e, path));
   }
 }
