@@ -13,6 +13,7 @@ import { registerRun } from './run.js';
 import { resolveEmulationFromImage } from './emulation.js';
 import { registerRpiboot } from './rpiboot.js';
 import { registerDevices } from './devices.js';
+import { registerConsole } from './console.js';
 
 export function program(): Command {
   const p = new Command('edgekit')
@@ -28,6 +29,7 @@ export function program(): Command {
   registerRun(p, resolveEmulationFromImage);
   registerRpiboot(p);
   registerDevices(p);
+  registerConsole(p);
   return p;
 }
 
