@@ -209,8 +209,7 @@ export function reasonOf(err: unknown): string {
   const kinds: [RegExp, string][] = [
     [/Max length reached/i, 'endless data: the server sent more than the metadata allows'],
     [/expired/i, 'expired metadata (freeze attack, or a server that stopped re-signing)'],
-    [/Expected length/i, 'length mismatch'],
-    [/Expected hash/i, 'hash mismatch (tampered or mixed-up file)'],
+    [/Expected (length|hash)/i, 'length or hash mismatch (a tampered or mixed-up file)'],
     [/signed by \d+\/\d+ keys/i, 'signature threshold not met'],
     [/(less than current|Expected version|does not match snapshot version|doesn't match timestamp)/i, 'version rollback or mix-and-match'],
   ];
