@@ -14,6 +14,7 @@ import { resolveEmulationFromImage } from './emulation.js';
 import { registerRpiboot } from './rpiboot.js';
 import { registerDevices } from './devices.js';
 import { registerConsole } from './console.js';
+import { registerRelease } from './release.js';
 
 export function program(): Command {
   const p = new Command('edgekit')
@@ -30,6 +31,7 @@ export function program(): Command {
   registerRpiboot(p);
   registerDevices(p);
   registerConsole(p);
+  registerRelease(p);
   return p;
 }
 
