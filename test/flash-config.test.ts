@@ -9,7 +9,7 @@ import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { builtImage, edgekit, testDir, type BuiltImage } from './helpers/built-images.js';
-import { bootImage } from './helpers/qemu-image.js';
+import { bootImage, freePort, sshRun } from './helpers/qemu-image.js';
 import { extractRange } from './helpers/image-bytes.js';
 import { expectFsckClean } from './helpers/fat-tools.js';
 import { runTool } from './helpers/fs-image-tools.js';
@@ -269,4 +269,25 @@ describe('the device reads /config at boot', () => {
       await session.stop();
     }
   }, 300_000);
+
+  it('gateway (read-only verity root): a key from /config lets root in over ssh; /config is root-only', async () => {
+    const gw = await builtImage('gateway', 'qemu-x86_64');
+    const image = join(testDir(), `config-gateway-${n++}.img`);
+    execFileSync('cp', ['--sparse=always', gw.image, image]);
+    const key = join(testDir(), 'config-ssh-0');
+    await writeDeviceConfig(image, { hostname: 'bench-9', authorized_keys: sshPub[0], 'provisioning-token': 'tok-9' });
+    const port = await freePort();
+    const session = await bootImage(image, 'qemu-x86_64', { forwards: [{ hostPort: port, guestPort: 22 }] });
+    try {
+      await session.waitFor(/edgekit: gateway is up/, 180_000);
+      const r = await sshRun(port, key, 'root', 'hostname; cat /root/.ssh/authorized_keys; ls -l /config/provisioning-token');
+      expect(r.code, r.stderr).toBe(0);
+      const [host, authorized, listing] = r.stdout.split('\n');
+      expect(host).toBe('bench-9');
+      expect(authorized).toBe(sshPub[0]);
+      expect(listing).toMatch(/^-rw------- .* root .*provisioning-token$/);
+    } finally {
+      await session.stop();
+    }
+  }, 600_000);
 });

@@ -6,6 +6,7 @@
  * Text is cleaned (escape sequences, CRs) by the same ConsoleOutput the QEMU runner uses, so a
  * marker matches the same way on real hardware and under emulation.
  */
+// serialport: Node has no termios access (baud rate, raw mode) for serial devices; its prebuilt native binding does.
 import { SerialPort } from 'serialport';
 import { ConsoleOutput } from '../qemu/console.js';
 import { EdgekitError } from '../util/errors.js';
