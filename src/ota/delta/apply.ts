@@ -290,6 +290,7 @@ async function run(path: string, bodyStart: number, header: DeltaHeader, old: Ol
   const lit = new ByteReader(streamOf(path, bodyStart + s.ops + s.add, s.literal), 'literal stream');
   const ordered = new Ordered(out);
   let planned = 0; // target bytes queued so far
+  const readEnd = new Map<number, number>(); // where the last piece read from each source ended
   const plan = (n: number) => {
     planned += n;
     if (planned > header.to.size) throw new DeltaFormatError(`describes more than the target's ${header.to.size} bytes`);
@@ -339,8 +340,11 @@ async function run(path: string, bodyStart: number, header: DeltaHeader, old: Ol
             at += n;
           } else if (piece === Op.RCopy || piece === Op.RAdd) {
             const src = await ops.varint();
-            const off = await ops.varint();
+            const z = await ops.varint();
+            const off = (readEnd.get(src) ?? 0) + (z % 2 === 0 ? z / 2 : -(z + 1) / 2);
             const n = await ops.varint();
+            if (off < 0) throw new DeltaFormatError('a piece reads before its source');
+            readEnd.set(src, off + n);
             if (at + n > rawLen) throw new DeltaFormatError('a piece overruns its block');
             await old.read(src, off, n, raw, at);
             if (piece === Op.RAdd) {

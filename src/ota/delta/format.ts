@@ -14,6 +14,7 @@
  *   END
  * Recipe pieces read uncompressed bytes of an old file ("source", listed in the header by where
  * its blocks sit in the active payload): RCOPY src off len; RADD src off len adds the next `len`
+ * (`off` is zigzag-coded relative to where the previous piece from the same source ended)
  * add-stream bytes to them (bsdiff's differences); RLIT len takes literal-stream bytes.
  * Separate streams keep alike bytes together, which is what makes them compress.
  */

@@ -114,6 +114,11 @@ function checkRecipe(recipe: Piece[], oldData: Buffer, newData: Buffer, path: st
   if (at !== newData.length) throw new Error(`delta: recipe of /${path} covers ${at} of ${newData.length} bytes`);
 }
 
+/** Signed to unsigned, small magnitudes staying small (as protobuf does). */
+function zigzag(v: number): number {
+  return v >= 0 ? v * 2 : -v * 2 - 1;
+}
+
 function blockHash(b: Buffer): string {
   return createHash('sha1').update(b).digest('base64');
 }
@@ -219,6 +224,8 @@ export async function makeDelta(fromPayload: string, toPayload: string, out: str
       }
       return i;
     };
+    // Pieces name where they read relative to where the last read of that source ended.
+    const readEnd = new Map<number, number>();
     const newFh = await open(toPayload, 'r');
     let cursor = 0;
     let pendingCopy: { off: number; len: number } | undefined;
@@ -299,9 +306,11 @@ export async function makeDelta(fromPayload: string, toPayload: string, out: str
             lit.bytes(p.data);
           } else {
             ops.byte(p.kind === 'copy' ? Op.RCopy : Op.RAdd);
-            ops.varint(sourceOf(p.src));
-            ops.varint(p.off);
+            const src = sourceOf(p.src);
+            ops.varint(src);
+            ops.varint(zigzag(p.off - (readEnd.get(src) ?? 0)));
             ops.varint(p.len);
+            readEnd.set(src, p.off + p.len);
             if (p.kind === 'add') add.bytes(p.diff);
           }
         }

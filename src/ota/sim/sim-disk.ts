@@ -26,6 +26,8 @@ export interface SimDiskOptions {
   seed: number;
   /** Writes that reach past this byte are refused (a device that is full or smaller than it claims). */
   writeLimit?: number;
+  /** A disk that acknowledges flushes without doing them: for tests proving that cuts catch a missing fsync. */
+  lyingSync?: boolean;
 }
 
 interface PendingWrite {
@@ -38,7 +40,8 @@ export class SimDisk implements BlockDevice {
   ops = 0;
   cuts = 0;
   private pending: PendingWrite[] = [];
-  private cutAt: number | undefined;
+  /** Operation numbers at which the power goes, ascending. */
+  private cutAt: number[] = [];
   private down = false;
   private readonly rng: Rng;
 
@@ -67,11 +70,22 @@ export class SimDisk implements BlockDevice {
 
   /** The power goes when the disk operation numbered `op` (counted from now: 1 = the next) starts. */
   cutAfter(op: number): void {
-    this.cutAt = this.ops + op;
+    this.scheduleCuts([this.ops + op]);
   }
 
-  cancelCut(): void {
-    this.cutAt = undefined;
+  /** Power cuts at these operation numbers (counted since the disk was opened), kept across cuts. */
+  scheduleCuts(ops: number[]): void {
+    this.cutAt = [...this.cutAt, ...ops].sort((a, b) => a - b);
+  }
+
+  /** The power goes now: this and every later operation throws PowerCut until powerCut(). */
+  cutNow(): never {
+    this.down = true;
+    throw new PowerCut(this.ops);
+  }
+
+  cancelCuts(): void {
+    this.cutAt = [];
   }
 
   get unsyncedWrites(): number {
@@ -106,6 +120,7 @@ export class SimDisk implements BlockDevice {
 
   async sync(): Promise<void> {
     this.tick();
+    if (this.opts.lyingSync) return;
     for (const w of this.pending) await this.persist(w.data, w.position);
     this.pending = [];
   }
@@ -129,7 +144,6 @@ export class SimDisk implements BlockDevice {
     }
     this.pending = [];
     this.down = false;
-    this.cutAt = undefined;
     this.cuts++;
     return { kept, lost: sectors.length - kept };
   }
@@ -148,7 +162,8 @@ export class SimDisk implements BlockDevice {
   private tick(): void {
     if (this.down) throw new PowerCut(this.ops);
     this.ops++;
-    if (this.cutAt !== undefined && this.ops >= this.cutAt) {
+    if (this.cutAt.length && this.ops >= this.cutAt[0]) {
+      while (this.cutAt.length && this.cutAt[0] <= this.ops) this.cutAt.shift();
       this.down = true;
       throw new PowerCut(this.ops);
     }
