@@ -221,6 +221,7 @@ describe('templating with a CSV of serials', () => {
     const rows = readSerialsCsv(file);
     expect(() => expandSettings(parseSetFlags(['provisioning-token={token}']), rows[0])).toThrow(/serials-gap\.csv:2: --set provisioning-token needs \{token\}/);
     expect(() => expandSettings(parseSetFlags(['hostname=gw-{slot}']), rows[0])).toThrow(/serials-gap\.csv:2: .*no value for "slot"/);
+    expect(() => expandSettings(parseSetFlags(['hostname=gw-{serial}']))).toThrow(/--set hostname uses \{serial\}: give --serials <file\.csv> with a "serial" column/);
   });
 
   it('malformed CSV rows are reported as file:line', () => {

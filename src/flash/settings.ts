@@ -73,6 +73,9 @@ export function expandSettings(templates: SettingTemplates, row: SerialsRow = {}
       if (all === '}}') return '}';
       if (name === undefined) throw new EdgekitError(`--set ${key}: stray "${all}"`);
       const value = Object.hasOwn(row, name) ? row[name] : undefined;
+      if (value === undefined && rowOrigin(row) === undefined && Object.keys(row).length === 0) {
+        throw new EdgekitError(`--set ${key} uses {${name}}: give --serials <file.csv> with a "${name}" column`);
+      }
       if (value === undefined || value === '') {
         throw new EdgekitError(`${where}: --set ${key} needs {${name}}, but this row has no value for "${name}"`);
       }
