@@ -96,7 +96,7 @@ describe('edgekit build refuses bad input', () => {
     const served = await serveDir(root);
     try {
       const f = spec(dir, minimal);
-      await expectFailure(['build', f, '--board', 'qemu-x86_64', '--key', key, '-o', out, '--mirror', `${served.url}/debian`], out, /signature/i);
+      await expectFailure(['build', f, '--board', 'qemu-x86_64', '--key', key, '-o', out, '--mirror', served.url], out, /signature/i);
     } finally {
       await served.close();
     }
