@@ -5,14 +5,14 @@
  * boot on a serial console (src/flash/console.ts). --auto flashes every card put in until Ctrl-C;
  * --rpiboot first turns a Compute Module into a USB drive (src/flash/rpiboot/).
  */
-import { appendFile } from 'node:fs/promises';
+import { appendFile, stat } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { watchBoots, type BootResult } from '../flash/console.js';
+// console.js (serialport) and rpiboot (usb) load in about half a second: only when asked for.
+import type { BootResult } from '../flash/console.js';
 import { assignRows, expandSettings, parseSetFlags, readSerialsCsv, type SerialsRow } from '../flash/device-config.js';
 import { checkTarget, defaultPlatform, watchForNewDrives, type Drive, type DrivePlatform, type TargetInfo } from '../flash/drives.js';
 import { flashImage, type FlashImageInfo, type FlashResult } from '../flash/flash.js';
 import { jsonLines, silent, terminalBars, type TargetProgress } from '../flash/progress-lines.js';
-import { rpiboot } from '../flash/rpiboot/client.js';
 import { openSource, type ImageSource } from '../flash/source.js';
 import { loadPublicKey } from '../sign/keys.js';
 import { EdgekitError } from '../util/errors.js';
@@ -104,6 +104,7 @@ async function runFlash(image: string, o: FlashFlags): Promise<void> {
     for (const w of watches) if (!o.to.some((t) => sameTarget(t, w.target))) throw new EdgekitError(`--watch ${w.target}: not one of the --to targets`);
     if (pairs.length) {
       if (!o.json) process.stderr.write(`watching ${pairs.length} first boot(s) for /${expect.source}/ (up to ${timeoutS} s): move each card to its board and power it on\n`);
+      const { watchBoots } = await import('../flash/console.js');
       boots = await watchBoots(pairs, expect, timeoutS * 1000);
       for (const b of boots) {
         if (o.json) process.stdout.write(JSON.stringify({ type: 'boot', ...b }) + '\n');
@@ -194,7 +195,6 @@ async function flashTargets(job: FlashJob, targets: string[]): Promise<FlashResu
 }
 
 async function isFileTarget(path: string): Promise<boolean> {
-  const { stat } = await import('node:fs/promises');
   const info = await stat(path).catch(() => undefined);
   return !info || info.isFile();
 }
@@ -303,6 +303,7 @@ async function flashAfterRpiboot(job: FlashJob, timeoutS: number): Promise<Flash
   const watcher = watchForNewDrives(platform, (d) => found(d), { intervalMs: 500, force: job.o.force });
   try {
     await watcher.ready;
+    const { rpiboot } = await import('../flash/rpiboot/client.js');
     const r = await rpiboot({ usbbootDir: job.o.usbbootDir!, timeoutMs: timeoutS * 1000 });
     if (!job.o.json) process.stderr.write(`rpiboot: device ${r.serial ?? r.location} is in mass-storage mode; waiting for its drive\n`);
     let timer: NodeJS.Timeout | undefined;

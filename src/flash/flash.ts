@@ -26,6 +26,7 @@ import {
 import { verifyDocument } from '../sign/signed.js';
 import { EdgekitError } from '../util/errors.js';
 import type { ProgressEvent } from '../util/progress.js';
+import { alignedBuffers } from './aligned.js';
 import { BufferPool } from './buffer-pool.js';
 import { writeDeviceConfig } from './device-config.js';
 import { RangeCheck, RegionCheck } from './hash-check.js';
@@ -66,7 +67,7 @@ export interface FlashResult {
   ok: boolean;
   bytesWritten: number;
   seconds: number;
-  /** sha256 of the image's mapped data (the bytes the block map maps, in image order). */
+  /** Digest of the data written: sha256 of the written ranges' sha256s (see digestOfRanges). */
   sha256: string;
   error?: string;
   /** Read back and compared; 'skipped' with verify: false. */
@@ -138,6 +139,14 @@ export async function flashImage(opts: FlashOptions): Promise<FlashResult[]> {
       sourceError = describeSourceError(err, src);
     }
     await writer.drain();
+    // A used card holds old data where the image has unmapped zeros; inside signed regions those
+    // zeros are part of what the signature covers, so devices get them written (files are holes).
+    const zeros = sourceError ? [] : zeroRangesInRegions([...manifest.regions, ...manifest.payloads], written.ranges, imageSize);
+    await Promise.all(
+      targets
+        .filter((t) => t.kind === 'device')
+        .map((t) => writeZeros(t, zeros, (done, total) => opts.progress?.(t.path, { phase: 'zero', done, total }))),
+    );
     await Promise.all(targets.map((t) => t.finish()));
     for (const t of targets) if (!t.ok || sourceError) seconds.set(t.path, elapsed());
 
@@ -149,8 +158,9 @@ export async function flashImage(opts: FlashOptions): Promise<FlashResult[]> {
       targets.map(async (t, index) => {
         if (!t.ok || sourceError) return;
         if (verify) {
-          const total = written.ranges.reduce((n, r) => n + r.end - r.start, 0);
-          const rb = await readBack(t.path, written.ranges, (done) => opts.progress?.(t.path, { phase: 'verify', done, total }));
+          const check = t.kind === 'device' ? [...written.ranges, ...zeros].sort((a, b) => a.start - b.start) : written.ranges;
+          const total = check.reduce((n, r) => n + r.end - r.start, 0);
+          const rb = await readBack(t.path, check, (done) => opts.progress?.(t.path, { phase: 'verify', done, total }));
           readBackOf.set(t.path, rb.direct ? 'direct' : 'page-cache');
           if (!rb.direct) t.notes.push(`${t.path}: O_DIRECT refused for reading: read back through the page cache`);
           if (!rb.ok) {
@@ -195,6 +205,62 @@ export async function flashImage(opts: FlashOptions): Promise<FlashResult[]> {
   } finally {
     input.close();
     await Promise.all(targets.map((t) => t.close()));
+  }
+}
+
+// ---- zeros inside signed regions -----------------------------------------------------------
+
+/** The 4 KiB blocks inside signed regions that no written range covers, with their (zero) sha256. */
+export function zeroRangesInRegions(
+  regions: Array<{ offset: number; size: number }>,
+  written: Array<{ start: number; end: number }>,
+  imageSize: number,
+): CheckedRange[] {
+  const gaps: Array<{ start: number; end: number }> = [];
+  const sorted = [...written].sort((a, b) => a.start - b.start);
+  for (const r of regions) {
+    let pos = r.offset;
+    const end = Math.min(r.offset + r.size, imageSize);
+    for (const w of sorted) {
+      if (w.end <= pos) continue;
+      if (w.start >= end) break;
+      if (w.start > pos) gaps.push({ start: pos, end: w.start });
+      pos = Math.max(pos, w.end);
+    }
+    if (pos < end) gaps.push({ start: pos, end });
+  }
+  // Whole blocks: an unmapped block is all zeros in the image, so widening to its edges is exact.
+  const blocks = gaps
+    .map((g) => ({ start: Math.floor(g.start / BLOCK) * BLOCK, end: Math.min(Math.ceil(g.end / BLOCK) * BLOCK, imageSize) }))
+    .sort((a, b) => a.start - b.start);
+  const merged: Array<{ start: number; end: number }> = [];
+  for (const b of blocks) {
+    const last = merged[merged.length - 1];
+    if (last && b.start <= last.end) last.end = Math.max(last.end, b.end);
+    else merged.push({ ...b });
+  }
+  return merged.map((m) => ({ ...m, sha256: zeroSha256(m.end - m.start) }));
+}
+
+const ZERO_PIECE = Buffer.alloc(1 << 20);
+function zeroSha256(length: number): string {
+  const h = createHash('sha256');
+  for (let n = length; n > 0; n -= ZERO_PIECE.length) h.update(ZERO_PIECE.subarray(0, Math.min(n, ZERO_PIECE.length)));
+  return h.digest('hex');
+}
+
+async function writeZeros(t: FlashTarget, ranges: CheckedRange[], progress: (done: number, total: number) => void): Promise<void> {
+  if (!ranges.length || !t.ok) return;
+  const [zero] = alignedBuffers(1, PIECE); // a fresh WebAssembly memory is all zeros
+  const total = ranges.reduce((n, r) => n + r.end - r.start, 0);
+  let done = 0;
+  for (const r of ranges) {
+    for (let pos = r.start; pos < r.end && t.ok; pos += PIECE) {
+      const len = Math.min(PIECE, r.end - pos);
+      await t.write(zero, 0, len, pos);
+      done += len;
+      progress(done, total);
+    }
   }
 }
 
@@ -357,7 +423,6 @@ async function writeMapped(
   where: string,
 ): Promise<{ ranges: CheckedRange[]; sha256: string }> {
   const check = new RangeCheck(ranges, where);
-  const all = createHash('sha256');
   const extents = extentsOf(ranges);
   out.total = extents.reduce((n, e) => n + e.end - e.start, 0);
   // Each filled piece is checked (range hashes, signed regions, the overall hash) and then queued.
@@ -365,7 +430,6 @@ async function writeMapped(
     check.consume(abs, data);
     regions.consume(abs, data);
   };
-  const mapped = new RangeBytes(ranges, all);
   try {
     if (input.file) {
       for (const e of extents) {
@@ -375,7 +439,6 @@ async function writeMapped(
           const { bytesRead } = await input.file.read(buf, 0, len, pos);
           const piece = buf.subarray(0, bytesRead);
           consume(pos, piece);
-          mapped.consume(pos, piece);
           if (bytesRead < len) {
             out.pool.give(buf);
             throw new EdgekitError(`${where}: the image ends at byte ${pos + bytesRead}, but its block map has data up to byte ${e.end}: the image is truncated`);
@@ -385,7 +448,7 @@ async function writeMapped(
         }
       }
       check.finish(extents.length ? extents[extents.length - 1].end : 0);
-      return { ranges, sha256: all.digest('hex') };
+      return { ranges, sha256: digestOfRanges(ranges) };
     }
     let ei = 0;
     let pos = 0;
@@ -408,7 +471,6 @@ async function writeMapped(
         if (extentDone || cur.fill === cur.buf.length) {
           const piece = cur.buf.subarray(0, cur.fill);
           consume(cur.start, piece);
-          mapped.consume(cur.start, piece);
           out.write(cur.buf, [{ offset: 0, len: cur.fill, position: cur.start }]);
           cur = undefined;
         }
@@ -422,32 +484,22 @@ async function writeMapped(
       check.finish(pos);
     }
     check.finish(pos);
-    return { ranges, sha256: all.digest('hex') };
+    return { ranges, sha256: digestOfRanges(ranges) };
   } catch (err) {
-    if (err instanceof AllTargetsFailed) return { ranges, sha256: all.digest('hex') };
+    if (err instanceof AllTargetsFailed) return { ranges, sha256: digestOfRanges(ranges) };
     throw err;
   }
 }
 
-/** Feeds a hash with exactly the bytes inside `ranges` (not the merged gaps between them). */
-class RangeBytes {
-  private i = 0;
-  constructor(
-    private ranges: CheckedRange[],
-    private hash: Hash,
-  ) {}
-  consume(abs: number, data: Buffer): void {
-    const end = abs + data.length;
-    while (this.i < this.ranges.length) {
-      const r = this.ranges[this.i];
-      if (r.start >= end) return;
-      const from = Math.max(r.start, abs);
-      const to = Math.min(r.end, end);
-      if (to > from) this.hash.update(data.subarray(from - abs, to - abs));
-      if (to < r.end) return;
-      this.i++;
-    }
-  }
+/**
+ * The written data's digest: sha256 of the ranges' sha256s (hex, one per line). Hashing the data a
+ * third time would cost as much as writing it; the range digests already pin every byte, and
+ * `grep -o 'chksum="[0-9a-f]*"' x.bmap | cut -d'"' -f2 | sha256sum` gives the same value.
+ */
+export function digestOfRanges(ranges: CheckedRange[]): string {
+  return createHash('sha256')
+    .update(ranges.map((r) => `${r.sha256}\n`).join(''))
+    .digest('hex');
 }
 
 /** Without a block map: reads the whole image and writes its non-zero 4 KiB blocks. */
@@ -457,7 +509,6 @@ async function writeNonZero(
   out: Fanout,
   regions: RegionCheck,
 ): Promise<{ ranges: CheckedRange[]; sha256: string }> {
-  const all = createHash('sha256');
   const ranges: CheckedRange[] = [];
   let open: { start: number; end: number; hash: Hash } | undefined;
   const close = () => {
@@ -473,7 +524,6 @@ async function writeNonZero(
     const emit = (from: number, to: number) => {
       const data = buf.subarray(from, to);
       regions.consume(start + from, data);
-      all.update(data);
       if (!open || open.end !== start + from) {
         close();
         open = { start: start + from, end: start + from, hash: createHash('sha256') };
@@ -535,5 +585,5 @@ async function writeNonZero(
     if (!(err instanceof AllTargetsFailed)) throw err;
   }
   close();
-  return { ranges, sha256: all.digest('hex') };
+  return { ranges, sha256: digestOfRanges(ranges) };
 }
