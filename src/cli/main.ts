@@ -13,6 +13,7 @@ import { registerRun } from './run.js';
 import { resolveEmulationFromImage } from './emulation.js';
 import { registerRpiboot } from './rpiboot.js';
 import { registerDevices } from './devices.js';
+import { registerFlash } from './flash.js';
 import { registerConsole } from './console.js';
 import { registerRelease } from './release.js';
 
@@ -30,6 +31,7 @@ export function program(): Command {
   registerRun(p, resolveEmulationFromImage);
   registerRpiboot(p);
   registerDevices(p);
+  registerFlash(p);
   registerConsole(p);
   registerRelease(p);
   return p;
