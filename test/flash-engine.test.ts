@@ -223,6 +223,15 @@ describe('options', () => {
     }
   });
 
+  it('refuses a target given twice, or the image itself as a target', async () => {
+    const target = fresh('twice.img');
+    expectFailure(await edgekit(['flash', src.raw, '--to', target, '--to', target, '--pubkey', built.pub]), /twice\.img: the same file or device as/);
+    expect(existsSync(target)).toBe(false);
+    const before = sh('sha256sum', [src.zst]);
+    expectFailure(await edgekit(['flash', src.zst, '--to', src.zst, '--pubkey', built.pub]), /the same file or device as the image/);
+    expect(sh('sha256sum', [src.zst])).toBe(before);
+  });
+
   it('without --pubkey or --insecure it refuses to start', async () => {
     const target = fresh('nokey.img');
     const r = await edgekit(['flash', src.raw, '--to', target]);

@@ -75,6 +75,7 @@ async function runFlash(image: string, o: FlashFlags): Promise<void> {
   if (o.rpiboot && !o.usbbootDir) throw new EdgekitError('flash --rpiboot: give the second-stage files with --usbboot-dir <dir>');
   const watches = parseWatches(o.watch);
   if (watches.length && !o.expect) throw new EdgekitError('flash --watch: give --expect <regex> (what a good boot prints)');
+  for (const w of watches) if (!o.to.some((t) => sameTarget(t, w.target))) throw new EdgekitError(`--watch ${w.target}: not one of the --to targets`);
   const expect = o.expect !== undefined ? regexOf(o.expect) : undefined;
   const timeoutS = Number(o.timeout);
   if (!(timeoutS > 0)) throw new EdgekitError(`--timeout ${o.timeout}: not a number of seconds above 0`);
@@ -101,7 +102,6 @@ async function runFlash(image: string, o: FlashFlags): Promise<void> {
   let boots: BootResult[] = [];
   if (watches.length && expect) {
     const pairs = watches.filter((w) => results.some((r) => r.ok && sameTarget(r.target, w.target)));
-    for (const w of watches) if (!o.to.some((t) => sameTarget(t, w.target))) throw new EdgekitError(`--watch ${w.target}: not one of the --to targets`);
     if (pairs.length) {
       if (!o.json) process.stderr.write(`watching ${pairs.length} first boot(s) for /${expect.source}/ (up to ${timeoutS} s): move each card to its board and power it on\n`);
       const { watchBoots } = await import('../flash/console.js');

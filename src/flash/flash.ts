@@ -13,7 +13,8 @@
  * truncated, wrong signature) fails them all. Nothing is reported as a success unless all of it held.
  */
 import { createHash, type Hash, type KeyObject } from 'node:crypto';
-import { open, type FileHandle } from 'node:fs/promises';
+import { open, stat, type FileHandle } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import type { Readable } from 'node:stream';
 import { parseBmap, type BlockMap } from '../image/bmap.js';
 import {
@@ -89,6 +90,7 @@ export async function flashImage(opts: FlashOptions): Promise<FlashResult[]> {
   const started = performance.now();
   const src = opts.source;
   if (opts.targets.length === 0) throw new EdgekitError('no target to flash: give at least one --to');
+  await refuseSameFiles(opts.targets, src);
   const input = await ImageInput.open(src);
   let targets: FlashTarget[] = [];
   try {
@@ -205,6 +207,22 @@ export async function flashImage(opts: FlashOptions): Promise<FlashResult[]> {
   } finally {
     input.close();
     await Promise.all(targets.map((t) => t.close()));
+  }
+}
+
+/** Two targets that are one file or device, or a target that is the image itself, would corrupt each other. */
+async function refuseSameFiles(targets: string[], src: ImageSource): Promise<void> {
+  const seen = new Map<string, string>();
+  const idOf = async (p: string) => {
+    const s = await stat(p).catch(() => undefined);
+    return s ? `${s.isBlockDevice() ? `b${s.rdev}` : `${s.dev}:${s.ino}`}` : `path:${resolve(p)}`;
+  };
+  if (!/^https?:\/\//i.test(src.location)) seen.set(await idOf(src.location), `the image ${src.location}`);
+  for (const t of targets) {
+    const id = await idOf(t);
+    const other = seen.get(id);
+    if (other) throw new EdgekitError(`${t}: the same file or device as ${other}`);
+    seen.set(id, t);
   }
 }
 
