@@ -118,7 +118,9 @@ class OldFiles {
 /** The inactive slot, written in order: hashed (sha256, and verity over the data part) as it goes. */
 class SlotWriter {
   private readonly sha = createHash('sha256');
-  private batch: Buffer[] = [];
+  // One fixed batch buffer: callers' buffers are copied, never kept, so they can be reused and
+  // no garbage piles up between garbage collections (V8 collects ArrayBuffers late).
+  private readonly batch = Buffer.allocUnsafe(CHUNK);
   private batchBytes = 0;
   private flushed = 0;
   position = 0;
@@ -136,16 +138,19 @@ class SlotWriter {
     this.sha.update(b);
     if (this.verity && this.position < this.verityEnd) this.verity.update(b.subarray(0, this.verityEnd - this.position));
     this.position += b.length;
-    this.batch.push(b);
-    this.batchBytes += b.length;
-    if (this.batchBytes >= CHUNK) await this.flush();
+    for (let at = 0; at < b.length; ) {
+      const n = Math.min(b.length - at, CHUNK - this.batchBytes);
+      b.copy(this.batch, this.batchBytes, at, at + n);
+      this.batchBytes += n;
+      at += n;
+      if (this.batchBytes === CHUNK) await this.flush();
+    }
   }
 
   async flush(): Promise<void> {
     if (this.batchBytes === 0) return;
-    await this.fh.writev(this.batch, this.base + this.flushed);
+    await this.fh.write(this.batch, 0, this.batchBytes, this.base + this.flushed);
     this.flushed += this.batchBytes;
-    this.batch = [];
     this.batchBytes = 0;
   }
 
@@ -291,6 +296,9 @@ async function run(path: string, bodyStart: number, header: DeltaHeader, old: Ol
   const ordered = new Ordered(out);
   let planned = 0; // target bytes queued so far
   const readEnd = new Map<number, number>(); // where the last piece read from each source ended
+  const scratch = Buffer.allocUnsafe(CHUNK);
+  const rawRing = Array.from({ length: IN_FLIGHT + 1 }, () => Buffer.allocUnsafe(MAX_BLOCK));
+  let ringAt = 0;
   const plan = (n: number) => {
     planned += n;
     if (planned > header.to.size) throw new DeltaFormatError(`describes more than the target's ${header.to.size} bytes`);
@@ -305,9 +313,10 @@ async function run(path: string, bodyStart: number, header: DeltaHeader, old: Ol
         let len = await ops.varint();
         plan(len);
         if (off + len > header.from.size) throw new DeltaFormatError(`copy ${off}+${len} is outside the active payload`);
+        await ordered.drain();
         while (len > 0) {
           const n = Math.min(len, CHUNK);
-          await ordered.push(Promise.resolve(await old.stored(off, Buffer.allocUnsafe(n))));
+          await out.write(await old.stored(off, scratch.subarray(0, n)));
           off += n;
           len -= n;
         }
@@ -316,9 +325,10 @@ async function run(path: string, bodyStart: number, header: DeltaHeader, old: Ol
       case Op.Literal: {
         let len = await ops.varint();
         plan(len);
+        await ordered.drain();
         while (len > 0) {
           const n = Math.min(len, CHUNK);
-          await ordered.push(Promise.resolve(await lit.take(n)));
+          await out.write(await lit.take(n, scratch, 0));
           len -= n;
         }
         break;
@@ -330,7 +340,8 @@ async function run(path: string, bodyStart: number, header: DeltaHeader, old: Ol
         const crc = await ops.u32();
         if (rawLen > MAX_BLOCK || storedLen > MAX_BLOCK) throw new DeltaFormatError(`a block of ${rawLen} bytes`);
         plan(storedLen);
-        const raw = Buffer.allocUnsafe(rawLen);
+        // A ring of IN_FLIGHT + 1 buffers: a buffer comes round again only after its block was written.
+        const raw = rawRing[ringAt++ % rawRing.length].subarray(0, rawLen);
         for (let at = 0; at < rawLen; ) {
           const piece = await ops.byte();
           if (piece === Op.RLit) {
@@ -348,8 +359,12 @@ async function run(path: string, bodyStart: number, header: DeltaHeader, old: Ol
             if (at + n > rawLen) throw new DeltaFormatError('a piece overruns its block');
             await old.read(src, off, n, raw, at);
             if (piece === Op.RAdd) {
-              const diff = await add.take(n);
-              for (let i = 0; i < n; i++) raw[at + i] = (raw[at + i] + diff[i]) & 0xff;
+              for (let done = 0; done < n; ) {
+                const k = Math.min(n - done, CHUNK);
+                const diff = await add.take(k, scratch, 0);
+                for (let i = 0; i < k; i++) raw[at + done + i] = (raw[at + done + i] + diff[i]) & 0xff;
+                done += k;
+              }
             }
             at += n;
           } else throw new DeltaFormatError(`unknown piece ${piece}`);
