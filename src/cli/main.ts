@@ -16,6 +16,7 @@ import { registerDevices } from './devices.js';
 import { registerFlash } from './flash.js';
 import { registerConsole } from './console.js';
 import { registerRelease } from './release.js';
+import { registerUpdate } from './update.js';
 
 export function program(): Command {
   const p = new Command('edgekit')
@@ -34,6 +35,7 @@ export function program(): Command {
   registerFlash(p);
   registerConsole(p);
   registerRelease(p);
+  registerUpdate(p);
   return p;
 }
 

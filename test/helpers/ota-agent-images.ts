@@ -1,0 +1,87 @@
+/**
+ * Images with the update agent for the agent's tests: the gateway example with nodejs and the
+ * ota-agent overlay, pointed at a test release server, trusting a test repository's root keys.
+ * The agent's update.json comes from the builder's own function (src/build/update-config.ts).
+ */
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { REPO, builtImage, edgekit, testDir, type BuiltImage } from './built-images.js';
+import { agentConfigFor, agentConfigText, type UpdateSection } from '../../src/build/update-config.js';
+import { loadBoard } from '../../src/spec/board.js';
+
+export interface AgentRepo {
+  repo: string;
+  keys: string;
+  root: string;
+}
+
+/** A release repository for the run (made once), with one key per role. */
+export async function agentRepo(): Promise<AgentRepo> {
+  const repo = join(testDir(), 'agent-repo');
+  const keys = join(testDir(), 'agent-keys');
+  if (!existsSync(join(repo, 'metadata', 'root.json'))) {
+    const r = await edgekit(['repo', 'init', repo, '--keys', keys]);
+    if (r.code !== 0) throw new Error(`repo init: ${r.stderr}`);
+  }
+  return { repo, keys, root: join(repo, 'metadata', 'root.json') };
+}
+
+let bundled = false;
+/** The overlay's agent.mjs, bundled from the sources of this checkout. */
+export function bundleAgent(): void {
+  if (bundled) return;
+  execFileSync(join(REPO, 'scripts', 'bundle-agent'), { cwd: REPO, stdio: 'pipe' });
+  bundled = true;
+}
+
+export interface AgentImageOptions {
+  version: string;
+  server: string;
+  health?: UpdateSection['health'];
+  checkInterval?: number;
+  hostname?: string;
+}
+
+/** gateway.yml + nodejs + ota-agent, at `version`, updating from `server`. */
+export async function agentImage(repo: AgentRepo, o: AgentImageOptions): Promise<BuiltImage> {
+  bundleAgent();
+  const board = loadBoard('qemu-x86_64').value;
+  const base = readFileSync(join(REPO, 'examples', 'gateway.yml'), 'utf8');
+  const update: UpdateSection = { server: o.server, channel: 'stable', health: o.health, checkInterval: o.checkInterval ?? 15 };
+  const config = agentConfigText(agentConfigFor({ name: 'gateway', version: o.version, update }, board));
+  let spec = base
+    .replace(/^version: .*$/m, `version: "${o.version}"`)
+    .replace(/^hostname: .*$/m, `hostname: ${o.hostname ?? `gateway-${o.version.replace(/\W/g, '-')}`}`)
+    .replace(/^packages: \[busybox-static\]$/m, 'packages: [busybox-static, nodejs]')
+    .replace(/^ {2}# - ota-agent.*$/m, '  - ota-agent')
+    .replace(/^update:\n {2}channel: stable\n?/m, '');
+  if (spec === base || /update:/.test(spec.replace(/^#.*$/gm, ''))) throw new Error('gateway.yml changed shape: adjust test/helpers/ota-agent-images.ts');
+  spec += [
+    'update:',
+    `  server: ${JSON.stringify(o.server)}`,
+    '  channel: stable',
+    'files:',
+    '  - path: /etc/edgekit/update.json',
+    `    content: ${JSON.stringify(config)}`,
+    '  - path: /etc/edgekit/root.json',
+    `    source: ${JSON.stringify(repo.root)}`,
+    '',
+  ].join('\n');
+  const dir = join(testDir(), 'specs', `agent-${o.version}-${createTag(o)}`);
+  mkdirSync(dir, { recursive: true });
+  const path = join(dir, 'gateway.yml');
+  writeFileSync(path, spec);
+  return builtImage(path, 'qemu-x86_64');
+}
+
+function createTag(o: AgentImageOptions): string {
+  return createHash('sha256').update(JSON.stringify(o)).digest('hex').slice(0, 12);
+}
+
+/** Publishes a built image as release `version` on the stable channel. */
+export async function publish(repo: AgentRepo, image: string, version: string): Promise<void> {
+  const r = await edgekit(['release', image, '--repo', repo.repo, '--keys', repo.keys, '--version', version]);
+  if (r.code !== 0) throw new Error(`release ${version}: ${r.stderr}`);
+}

@@ -1,0 +1,89 @@
+/**
+ * The update agent end to end under QEMU (x86_64, OVMF, systemd-boot with boot counting): a
+ * gateway image with the agent boots slot A, pulls release 1.1 from a server on the host (QEMU's
+ * user network reaches the host's 127.0.0.1 at 10.0.2.2), writes slot B, reboots into it, passes
+ * its health checks and commits. Then release 1.2, whose health command fails: it is written to
+ * slot A and tried, and once its tries run out systemd-boot falls back to slot B by itself and the
+ * agent reports the rollback. The disk is then read with mtools: the boot entries say the same.
+ */
+import { copyFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { testDir } from './helpers/built-images.js';
+import { bootImage, freePort } from './helpers/qemu-image.js';
+import { agentImage, agentRepo, publish, type AgentRepo } from './helpers/ota-agent-images.js';
+import { startAgentServer, type AgentServer } from './helpers/ota-agent-server.js';
+import { mtoolsPaths, mtoolsRead } from './helpers/fat-tools.js';
+import { extractRange } from './helpers/image-bytes.js';
+import { readFileSync } from 'node:fs';
+import type { SignedManifest } from '../src/image/manifest.js';
+
+describe('update agent under QEMU', () => {
+  let repo: AgentRepo;
+  let server: AgentServer;
+  let images: { v1: string; v2: string; v3: string; v1Manifest: string };
+
+  beforeAll(async () => {
+    repo = await agentRepo();
+    const port = await freePort();
+    server = await startAgentServer(repo.repo, { port });
+    const url = `http://10.0.2.2:${port}`;
+    const healthy = { processes: ['dropbear'], server: true, timeout: 120 };
+    const v1 = await agentImage(repo, { version: '1.0', server: url, health: healthy });
+    images = {
+      v1: v1.image,
+      v1Manifest: v1.manifest,
+      v2: (await agentImage(repo, { version: '1.1', server: url, health: healthy })).image,
+      v3: (await agentImage(repo, { version: '1.2', server: url, health: { command: 'echo application self-test failed; exit 1', timeout: 10 } })).image,
+    };
+    await publish(repo, images.v2, '1.1');
+  }, 900_000);
+
+  afterAll(async () => {
+    await server?.close();
+  });
+
+  it('installs 1.1 into slot B and commits it; then 1.2 fails its health checks and rolls back to B by itself', async () => {
+    const disk = join(testDir(), 'agent-e2e-disk.img');
+    copyFileSync(images.v1, disk);
+    const vm = await bootImage(disk, 'qemu-x86_64', { snapshot: false });
+    try {
+      await vm.waitFor(/root of slot a verified by dm-verity/, 240_000);
+      await vm.waitFor(/edgekit-agent: downloading 1\.1 bytes=\d+ method=full slot=a running=1\.0/, 300_000);
+      await vm.waitFor(/edgekit-agent: rebooting 1\.1/, 600_000);
+      await vm.waitFor(/root of slot b verified by dm-verity/, 240_000);
+      await vm.waitFor(/edgekit-agent: committed 1\.1 slot=b running=1\.1/, 300_000);
+
+      await publish(repo, images.v3, '1.2');
+      await vm.waitFor(/edgekit-agent: downloading 1\.2 bytes=\d+ method=full slot=b running=1\.1/, 300_000);
+      await vm.waitFor(/edgekit-agent: rebooting 1\.2/, 600_000);
+      await vm.waitFor(/root of slot a verified by dm-verity/, 240_000);
+      await vm.waitFor(/edgekit-agent: failed 1\.2 slot=a running=1\.2: slot a is unhealthy: health command/, 300_000);
+      // Three tries (the board's update.tries), then systemd-boot starts slot B again.
+      await vm.waitFor(/root of slot b verified by dm-verity/, 900_000);
+      await vm.waitFor(/edgekit-agent: rolled-back 1\.2 slot=b running=1\.1/, 300_000);
+    } finally {
+      await vm.stop();
+    }
+    const text = vm.output.text;
+    expect(text.match(/root of slot a verified/g)?.length).toBe(1 + 3);
+    expect(text.match(/failed 1\.2 slot=a running=1\.2: slot a is unhealthy/g)?.length).toBe(3);
+
+    // The reports the server got, in order, per release.
+    const states = (v: string) => server.reports.filter((r) => r.version === v).map((r) => `${r.state}@${r.slot}`);
+    expect(states('1.1')).toEqual(['downloading@a', 'installing@a', 'rebooting@a', 'committed@b']);
+    expect(states('1.2')).toEqual(['downloading@b', 'installing@b', 'rebooting@b', 'failed@a', 'failed@a', 'failed@a', 'rolled-back@b']);
+    const down = server.reports.find((r) => r.state === 'downloading' && r.version === '1.1')!;
+    expect(down.bytes).toBeGreaterThan(0);
+    // The payload came with byte ranges from the server's consistent-snapshot targets.
+    expect(server.requests.some((r) => /^GET \/targets\/gateway\/qemu-x86_64\/1\.1\/[0-9a-f]{64}\.system\.squashfs/.test(r))).toBe(true);
+
+    // The boot partition as mtools reads it: 1.1 blessed on B, 1.2 on A out of tries.
+    const m = (JSON.parse(readFileSync(images.v1Manifest, 'utf8')) as SignedManifest).signed;
+    const boot = m.partitions.find((p) => p.role === 'boot')!;
+    const esp = extractRange(disk, boot.start, boot.size, join(testDir(), 'agent-e2e-esp.img'));
+    const entries = mtoolsPaths(esp).filter((p) => p.startsWith('loader/entries/'));
+    expect(entries).toEqual(['loader/entries/edgekit-2-b.conf', 'loader/entries/edgekit-3-a+0-3.conf']);
+    expect(mtoolsRead(esp, 'loader/entries/edgekit-2-b.conf').toString()).toMatch(/edgekit\.slot=b/);
+  }, 3_600_000);
+});
