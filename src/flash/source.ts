@@ -4,7 +4,8 @@
  * it. Decompressors, measured on a 2 GiB image (340 MiB of data) on a 2-core host:
  *  - zstd: the `zstd` tool through a pipe 1.1 s, `fzstd` (pure JS, used for .debs) 16 s. The tool
  *    is used when it is on PATH (it is on every system that made a .zst); fzstd is the fallback.
- *  - xz: the `xz` tool when present (multi-threaded on multi-block files), else `xz-decompress`.
+ *  - xz: the `xz` tool when present (multi-threaded on multi-block files), else `xz-decompress`;
+ *    on the 90 MiB minimal image the tool took 0.6 s, xz-decompress 0.6-2.2 s (a loaded host).
  *  - gzip: Node's zlib, which runs on the thread pool, so it overlaps the writes anyway.
  */
 import { spawn, spawnSync } from 'node:child_process';
