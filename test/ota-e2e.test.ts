@@ -18,6 +18,10 @@ import { extractRange } from './helpers/image-bytes.js';
 import { readFileSync } from 'node:fs';
 import type { SignedManifest } from '../src/image/manifest.js';
 
+async function reportArrives(server: AgentServer, state: string, version: string): Promise<void> {
+  for (let i = 0; i < 120 && !server.reports.some((r) => r.state === state && r.version === version); i++) await new Promise((r) => setTimeout(r, 500));
+}
+
 describe('update agent under QEMU', () => {
   let repo: AgentRepo;
   let server: AgentServer;
@@ -62,6 +66,8 @@ describe('update agent under QEMU', () => {
       // Three tries (the board's update.tries), then systemd-boot starts slot B again.
       await vm.waitFor(/root of slot b verified by dm-verity/, 900_000);
       await vm.waitFor(/edgekit-agent: rolled-back 1\.2 slot=b running=1\.1/, 300_000);
+      // The console line comes just before the POST: let the report arrive before QEMU stops.
+      await reportArrives(server, 'rolled-back', '1.2');
     } finally {
       await vm.stop();
     }

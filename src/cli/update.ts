@@ -13,9 +13,11 @@ export function registerUpdate(program: Command): void {
     .requiredOption('--from <dir>', 'release repository folder (metadata/ and targets/)')
     .option('--config <file>', 'update agent configuration', AGENT_CONFIG_PATH)
     .option('--no-reboot', 'leave the reboot to the caller')
-    .action(async (o: { from: string; config: string; reboot: boolean }) => {
+    .option('--partitions <file>', 'partition map (`disk <prefix>`, `part <role> <n>` lines) instead of /etc/edgekit/partitions: update a disk attached elsewhere')
+    .option('--cmdline <text>', 'the command line of the running slot (edgekit.slot=a|b) instead of /proc/cmdline')
+    .action(async (o: { from: string; config: string; reboot: boolean; partitions?: string; cmdline?: string }) => {
       const config = await loadAgentConfig(o.config);
-      const outcome = await runPass({ config, fromDir: o.from, log });
+      const outcome = await runPass({ config, fromDir: o.from, log, device: { partitionsFile: o.partitions, cmdline: o.cmdline } });
       if (outcome === 'failed') throw new EdgekitError(`update from ${o.from} failed (see above)`);
       if (outcome === 'reboot' && o.reboot) await rebootDevice(log);
     });

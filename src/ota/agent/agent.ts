@@ -236,6 +236,9 @@ async function install(
 
     await say('installing', { version: info.version });
     for (const t of Object.values(bootFiles)) await downloadToFile(t, fileFor(t), transfer);
+    // The boot files are held in memory while they go onto the boot partition: first let go of
+    // what the download and the slot check left behind (the process must stay under 96 MiB).
+    collectGarbage();
     const kernel = await readFile(fileFor(info.kernel));
     const initrd = await readFile(fileFor(info.initrd));
     await steps.step('try-once', () => host.chooser.tryOnce(other, { kernel, initrd, cmdline: info.release.slot.cmdline, title: `${config.name} ${info.version}` }));
@@ -251,4 +254,10 @@ async function install(
   await rm(bootDir, { recursive: true, force: true });
   await say('rebooting', { version: info.version, reason: `slot ${other} is tried on the next boot (${config.tries} tries)` });
   return 'reboot';
+}
+
+/** A full collection when node runs with --expose-gc (the service does); otherwise nothing. */
+function collectGarbage(): void {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (typeof gc === 'function') gc();
 }

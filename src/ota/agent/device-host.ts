@@ -41,7 +41,15 @@ export interface DeviceHost extends AgentHost {
   close(): Promise<void>;
 }
 
-export async function openDeviceHost(config: AgentConfig, partitionsFile = '/etc/edgekit/partitions'): Promise<DeviceHost> {
+export interface DeviceHostOptions {
+  /** The partition map; default the image's /etc/edgekit/partitions. */
+  partitionsFile?: string;
+  /** The running kernel's command line (it names the slot); default /proc/cmdline. */
+  cmdline?: string;
+}
+
+export async function openDeviceHost(config: AgentConfig, o: DeviceHostOptions = {}): Promise<DeviceHost> {
+  const partitionsFile = o.partitionsFile ?? '/etc/edgekit/partitions';
   const map = parsePartitions(await readFile(partitionsFile, 'utf8').catch(() => {
     throw new EdgekitError(`${partitionsFile}: cannot read (not an edgekit image?)`);
   }), partitionsFile);
@@ -56,7 +64,7 @@ export async function openDeviceHost(config: AgentConfig, partitionsFile = '/etc
   const slots: Record<Slot, OpenBlockDevice> = { a: await openDev(paths.a), b: await openDev(paths.b) };
   const boot = await FatVolume.open(bootDev);
   return {
-    chooser: systemdBootChooser(boot, { tries: config.tries }),
+    chooser: systemdBootChooser(boot, { tries: config.tries, ...(o.cmdline !== undefined ? { cmdline: async () => o.cmdline! } : {}) }),
     boot,
     slotDevice: (s) => slots[s],
     slotPath: (s) => paths[s],

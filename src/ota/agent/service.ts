@@ -8,7 +8,7 @@ import { execFile } from 'node:child_process';
 import { createMetadataClient, type MetadataClient } from '../repo/index.js';
 import { runAgentOnce, type AgentHost, type AgentOutcome } from './agent.js';
 import type { AgentConfig } from './config.js';
-import { openDeviceHost } from './device-host.js';
+import { openDeviceHost, type DeviceHostOptions } from './device-host.js';
 import { createReporter, type Reporter } from './reports.js';
 import { dirTargetSource, httpTargetSource, type TargetSource } from './target-source.js';
 import { EdgekitError } from '../../util/errors.js';
@@ -20,6 +20,8 @@ export interface PassOptions {
   fromDir?: string;
   log: (line: string) => void;
   host?: AgentHost & { close?(): Promise<void> };
+  /** Where the device's partitions and command line come from when `host` is not given. */
+  device?: DeviceHostOptions;
   alive?: () => void;
 }
 
@@ -43,7 +45,7 @@ function serverOf(config: AgentConfig): string {
 }
 
 export async function runPass(o: PassOptions): Promise<AgentOutcome> {
-  const host = o.host ?? (await openDeviceHost(o.config));
+  const host = o.host ?? (await openDeviceHost(o.config, o.device));
   const source: TargetSource = o.fromDir ? dirTargetSource(o.fromDir) : httpTargetSource(serverOf(o.config));
   const report: Reporter = createReporter({ server: o.fromDir ? undefined : o.config.server, log: o.log });
   try {
