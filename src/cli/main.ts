@@ -4,44 +4,49 @@
  */
 import { Command, CommanderError } from 'commander';
 import { EdgekitError } from '../util/errors.js';
-import { registerBoards } from './boards.js';
-import { registerKeys } from './keys.js';
-import { registerBuild } from './build.js';
-import { registerVerify } from './verify.js';
-import { registerInspect } from './inspect.js';
-import { registerRun } from './run.js';
-import { resolveEmulationFromImage } from './emulation.js';
-import { registerRpiboot } from './rpiboot.js';
-import { registerDevices } from './devices.js';
-import { registerFlash } from './flash.js';
-import { registerConsole } from './console.js';
-import { registerRelease } from './release.js';
-import { registerUpdate } from './update.js';
+type Register = (program: Command) => void;
 
-export function program(): Command {
+/**
+ * Each command's module, loaded only when that command runs: loading every command (QEMU, USB,
+ * serial ports, TUF, the builder) costs most of a second, which a bench tool run 20 times a tray
+ * should not pay. `edgekit --help` and unknown commands load them all.
+ */
+const COMMANDS: Array<{ names: string[]; load: () => Promise<Register> }> = [
+  { names: ['boards'], load: async () => (await import('./boards.js')).registerBoards },
+  { names: ['keys'], load: async () => (await import('./keys.js')).registerKeys },
+  { names: ['build'], load: async () => (await import('./build.js')).registerBuild },
+  { names: ['verify'], load: async () => (await import('./verify.js')).registerVerify },
+  { names: ['inspect'], load: async () => (await import('./inspect.js')).registerInspect },
+  {
+    names: ['run'],
+    load: async () => {
+      const [{ registerRun }, { resolveEmulationFromImage }] = await Promise.all([import('./run.js'), import('./emulation.js')]);
+      return (p) => registerRun(p, resolveEmulationFromImage);
+    },
+  },
+  { names: ['rpiboot'], load: async () => (await import('./rpiboot.js')).registerRpiboot },
+  { names: ['devices'], load: async () => (await import('./devices.js')).registerDevices },
+  { names: ['flash'], load: async () => (await import('./flash.js')).registerFlash },
+  { names: ['console'], load: async () => (await import('./console.js')).registerConsole },
+  { names: ['release', 'repo'], load: async () => (await import('./release.js')).registerRelease },
+  { names: ['update', 'agent'], load: async () => (await import('./update.js')).registerUpdate },
+];
+
+/** The program with the commands `argv` needs (all of them when it names none we know). */
+export async function program(argv: string[] = []): Promise<Command> {
   const p = new Command('edgekit')
     .description('Build, flash and update the operating system of edge and IoT devices')
     .version('0.1.0')
     .showHelpAfterError()
     .exitOverride();
-  registerBoards(p);
-  registerKeys(p);
-  registerBuild(p);
-  registerVerify(p);
-  registerInspect(p);
-  registerRun(p, resolveEmulationFromImage);
-  registerRpiboot(p);
-  registerDevices(p);
-  registerFlash(p);
-  registerConsole(p);
-  registerRelease(p);
-  registerUpdate(p);
+  const named = COMMANDS.filter((c) => c.names.includes(argv[2] ?? ''));
+  for (const c of named.length ? named : COMMANDS) (await c.load())(p);
   return p;
 }
 
 export async function main(argv: string[]): Promise<void> {
   try {
-    await program().parseAsync(argv);
+    await (await program(argv)).parseAsync(argv);
   } catch (err) {
     if (err instanceof CommanderError) {
       process.exitCode = err.exitCode;
