@@ -22,6 +22,7 @@ import { cuttingSteps, type UpdateStepName } from '../src/ota/sim/step-driver.js
 import type { SignedManifest, ImageManifest } from '../src/image/manifest.js';
 import type { TargetSource } from '../src/ota/agent/target-source.js';
 import { StateStore } from '../src/ota/agent/state.js';
+import type { AgentConfigInput } from '../src/ota/agent/config.js';
 import { freePort } from './helpers/qemu-image.js';
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
@@ -60,7 +61,7 @@ afterAll(async () => {
   await server?.close();
 });
 
-async function device(opts: { server?: string; config?: Record<string, unknown> } = {}): Promise<SimAgentSetup> {
+async function device(opts: { server?: string; config?: Partial<AgentConfigInput> } = {}): Promise<SimAgentSetup> {
   const dir = join(testDir(), 'agent-sim', String(runs++));
   mkdirSync(dir, { recursive: true });
   const s = await simAgentDevice({
@@ -157,6 +158,21 @@ describe('update agent on the simulated device', () => {
     expect(resumedAt[0]).toBe(3 << 20);
     expect(resumedAt[1]).toBe(6 << 20);
     expect(s.log.join('\n')).toMatch(/connection closed after byte|ECONNRESET|aborted|premature/i);
+    await s.dev.reboot();
+    expect(await agentPass(s)).toBe('committed');
+    await expectBootedVerifies(s);
+    await s.dev.close();
+  }, 300_000);
+
+  it('drops a connection that stalls and resumes the download with a range', async () => {
+    const s = await device({ config: { download: { attempts: 4, maxBackoff: 0.05, stallTimeout: 0.5 } } });
+    const before = payloadRequests().length;
+    server.stallAfter('system.squashfs', 2 << 20);
+    expect(await agentPass(s)).toBe('reboot');
+    const reqs = payloadRequests().slice(before);
+    expect(reqs.length).toBe(2);
+    expect(reqs[1]).toMatch(new RegExp(`bytes=${2 << 20}-$`));
+    expect(s.log.join('\n')).toMatch(/no data for 0\.5 s; resuming \(attempt 2\)/);
     await s.dev.reboot();
     expect(await agentPass(s)).toBe('committed');
     await expectBootedVerifies(s);

@@ -14,11 +14,13 @@ export interface AgentServer {
   requests: string[];
   /** Close the connection after sending this many body bytes of a matching path (once per call). */
   dropAfter(pathPart: string, bytes: number, times?: number): void;
+  /** Send this many body bytes of a matching path, then nothing more (the connection stays open). */
+  stallAfter(pathPart: string, bytes: number): void;
   close(): Promise<void>;
 }
 
 export async function startAgentServer(dir: string, opts: { port?: number; host?: string } = {}): Promise<AgentServer> {
-  const drops: Array<{ pathPart: string; bytes: number; times: number }> = [];
+  const drops: Array<{ pathPart: string; bytes: number; times: number; stall?: boolean }> = [];
   const state = { url: '', port: 0, reports: [] as Array<Record<string, unknown>>, requests: [] as string[] };
   const server: Server = createServer(async (req, res) => {
     const path = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
@@ -49,7 +51,9 @@ export async function startAgentServer(dir: string, opts: { port?: number; host?
     if (drop) {
       drop.times--;
       // Send part of the body, then cut the TCP connection: the client sees a premature close.
-      res.write(body.subarray(0, drop.bytes), () => setTimeout(() => res.socket?.destroy(), 20));
+      res.write(body.subarray(0, drop.bytes), () => {
+        if (!drop.stall) setTimeout(() => res.socket?.destroy(), 20);
+      });
       return;
     }
     res.end(body);
@@ -68,6 +72,7 @@ export async function startAgentServer(dir: string, opts: { port?: number; host?
     reports: state.reports,
     requests: state.requests,
     dropAfter: (pathPart, bytes, times = 1) => drops.push({ pathPart, bytes, times }),
+    stallAfter: (pathPart, bytes) => drops.push({ pathPart, bytes, times: 1, stall: true }),
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();
