@@ -7,7 +7,7 @@
  * RSS stays under 96 MiB.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync, truncateSync, existsSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync, truncateSync, existsSync, openSync, writeSync, closeSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { REPO, edgekit, testDir } from './helpers/built-images.js';
@@ -23,47 +23,59 @@ import type { SignedManifest } from '../src/image/manifest.js';
 
 const MiB = 1 << 20;
 
+/** The repository (1.1 with a delta from 1.0), and a device whose partitions are files. */
+async function prepare(name: string) {
+  const { v1, v2 } = await gatewayImages();
+  const m1 = (JSON.parse(readFileSync(v1.manifest, 'utf8')) as SignedManifest).signed;
+  const m2 = (JSON.parse(readFileSync(v2.manifest, 'utf8')) as SignedManifest).signed;
+  const dir = join(testDir(), 'agent-bundle', name);
+  mkdirSync(join(dir, 'dev'), { recursive: true });
+
+  // A repository with 1.1 and its delta from 1.0.
+  const repo = join(dir, 'repo');
+  const keys = join(dir, 'keys');
+  expect((await edgekit(['repo', 'init', repo, '--keys', keys])).code).toBe(0);
+  const pay = (m: typeof m1) => m.payloads.find((p) => p.partition === 'system-a')!;
+  const p1 = extractRange(v1.image, pay(m1).offset, pay(m1).size, join(dir, 'p1.img'));
+  const p2 = extractRange(v2.image, pay(m2).offset, pay(m2).size, join(dir, 'p2.img'));
+  const deltaFile = join(dir, 'system.delta');
+  const info = await makeDelta(p1, p2, deltaFile);
+  await publishRelease({ image: v2.image, repo, version: '1.1', keys, deltas: [{ file: deltaFile, fromVersion: '1.0', fromSha256: pay(m1).sha256, info: info as unknown as Record<string, unknown> }] });
+
+  // The device: its boot partition and slots as files, named like /dev/vda1.. are.
+  const part = (role: string) => m1.partitions.find((p) => p.role === role)!;
+  extractRange(v1.image, part('boot').start, part('boot').size, join(dir, 'dev', 'part1'));
+  extractRange(v1.image, part('system-a').start, part('system-a').size, join(dir, 'dev', 'part2'));
+  writeFileSync(join(dir, 'dev', 'part3'), '');
+  truncateSync(join(dir, 'dev', 'part3'), part('system-b').size);
+  const partitions = join(dir, 'partitions');
+  writeFileSync(partitions, `table gpt\ndisk ${join(dir, 'dev', 'part')}\npart boot 1\npart system-a 2\npart system-b 3\n`);
+  const config = JSON.parse(agentConfigText(agentConfigFor({ name: 'gateway', version: '1.0', update: { channel: 'stable' } }, loadBoard('qemu-x86_64').value)));
+  Object.assign(config, { trustedRoot: join(repo, 'metadata', 'root.json'), stateDir: join(dir, 'state') });
+  writeFileSync(join(dir, 'update.json'), JSON.stringify(config));
+
+  // Peak RSS of the whole process, as the kernel counts it, printed when node exits.
+  const probe = join(dir, 'rss-probe.mjs');
+  writeFileSync(probe, "process.on('exit', () => process.stderr.write(`maxrss-kib=${process.resourceUsage().maxRSS}\\n`));\n");
+  bundleAgent();
+  const agent = join(REPO, 'overlays', 'ota-agent', 'files', 'usr', 'lib', 'edgekit', 'agent.mjs');
+  expect(existsSync(agent)).toBe(true);
+  // Node's options and environment exactly as the overlay's service line has them.
+  const service = /command: (.*) exec \/usr\/bin\/node (.*) \/usr\/lib\/edgekit\/agent\.mjs/.exec(readFileSync(join(REPO, 'overlays', 'ota-agent', 'overlay.yml'), 'utf8'))!;
+  const env = Object.fromEntries(service[1].split(' ').map((kv) => kv.split('=')));
+  const runAgent = () =>
+    spawnSync('node', [...service[2].split(' '), '--import', probe, agent, 'update', '--from', repo, '--config', join(dir, 'update.json'), '--partitions', partitions, '--cmdline', `${m1.slots.a.cmdline}`, '--no-reboot'], { encoding: 'utf8', env: { ...process.env, ...env } });
+  // What the release's files weigh, as the repository folder holds them.
+  const released = join(repo, 'targets', 'gateway', 'qemu-x86_64', '1.1');
+  const size = (re: RegExp) => statSync(join(released, readdirSync(released).find((f) => re.test(f))!)).size;
+  const bootBytes = size(/\.vmlinuz$/) + size(/\.initrd\.img$/);
+  return { dir, m1, m2, pay, runAgent, bootBytes, deltaBytes: statSync(deltaFile).size };
+}
+
 describe('bundled agent, offline update from a folder', () => {
   it('applies 1.1 as a delta into slot B, verified by veritysetup, under 96 MiB of RSS', async () => {
-    const { v1, v2 } = await gatewayImages();
-    const m1 = (JSON.parse(readFileSync(v1.manifest, 'utf8')) as SignedManifest).signed;
-    const m2 = (JSON.parse(readFileSync(v2.manifest, 'utf8')) as SignedManifest).signed;
-    const dir = join(testDir(), 'agent-bundle');
-    mkdirSync(join(dir, 'dev'), { recursive: true });
-
-    // A repository with 1.1 and its delta from 1.0.
-    const repo = join(dir, 'repo');
-    const keys = join(dir, 'keys');
-    expect((await edgekit(['repo', 'init', repo, '--keys', keys])).code).toBe(0);
-    const pay = (m: typeof m1) => m.payloads.find((p) => p.partition === 'system-a')!;
-    const p1 = extractRange(v1.image, pay(m1).offset, pay(m1).size, join(dir, 'p1.img'));
-    const p2 = extractRange(v2.image, pay(m2).offset, pay(m2).size, join(dir, 'p2.img'));
-    const deltaFile = join(dir, 'system.delta');
-    const info = await makeDelta(p1, p2, deltaFile);
-    await publishRelease({ image: v2.image, repo, version: '1.1', keys, deltas: [{ file: deltaFile, fromVersion: '1.0', fromSha256: pay(m1).sha256, info: info as unknown as Record<string, unknown> }] });
-
-    // The device: its boot partition and slots as files, named like /dev/vda1.. are.
-    const part = (role: string) => m1.partitions.find((p) => p.role === role)!;
-    extractRange(v1.image, part('boot').start, part('boot').size, join(dir, 'dev', 'part1'));
-    extractRange(v1.image, part('system-a').start, part('system-a').size, join(dir, 'dev', 'part2'));
-    writeFileSync(join(dir, 'dev', 'part3'), '');
-    truncateSync(join(dir, 'dev', 'part3'), part('system-b').size);
-    const partitions = join(dir, 'partitions');
-    writeFileSync(partitions, `table gpt\ndisk ${join(dir, 'dev', 'part')}\npart boot 1\npart system-a 2\npart system-b 3\n`);
-    const config = JSON.parse(agentConfigText(agentConfigFor({ name: 'gateway', version: '1.0', update: { channel: 'stable' } }, loadBoard('qemu-x86_64').value)));
-    Object.assign(config, { trustedRoot: join(repo, 'metadata', 'root.json'), stateDir: join(dir, 'state') });
-    writeFileSync(join(dir, 'update.json'), JSON.stringify(config));
-
-    // Peak RSS of the whole process, as the kernel counts it, printed when node exits.
-    const probe = join(dir, 'rss-probe.mjs');
-    writeFileSync(probe, "process.on('exit', () => process.stderr.write(`maxrss-kib=${process.resourceUsage().maxRSS}\\n`));\n");
-    bundleAgent();
-    const agent = join(REPO, 'overlays', 'ota-agent', 'files', 'usr', 'lib', 'edgekit', 'agent.mjs');
-    expect(existsSync(agent)).toBe(true);
-    // Node's options and environment exactly as the overlay's service line has them.
-    const service = /command: (.*) exec \/usr\/bin\/node (.*) \/usr\/lib\/edgekit\/agent\.mjs/.exec(readFileSync(join(REPO, 'overlays', 'ota-agent', 'overlay.yml'), 'utf8'))!;
-    const env = Object.fromEntries(service[1].split(' ').map((kv) => kv.split('=')));
-    const r = spawnSync('node', [...service[2].split(' '), '--import', probe, agent, 'update', '--from', repo, '--config', join(dir, 'update.json'), '--partitions', partitions, '--cmdline', `${m1.slots.a.cmdline}`, '--no-reboot'], { encoding: 'utf8', env: { ...process.env, ...env } });
+    const { dir, m2, pay, runAgent, bootBytes, deltaBytes } = await prepare('delta');
+    const r = runAgent();
     const out = r.stdout + r.stderr;
     expect(r.status, out).toBe(0);
     const dl = /edgekit-agent: downloading 1\.1 bytes=(\d+) method=delta slot=a running=1\.0/.exec(out);
@@ -71,8 +83,9 @@ describe('bundled agent, offline update from a folder', () => {
     expect(out).toMatch(/edgekit-agent: rebooting 1\.1 slot=a running=1\.0: slot b is tried on the next boot \(3 tries\)/);
     const rss = Number(/maxrss-kib=(\d+)/.exec(out)![1]) * 1024;
     expect(rss).toBeLessThan(96 * MiB);
-    // Far less than the full payload came down: the delta and the boot files.
-    expect(Number(dl![1])).toBeLessThan(pay(m2).size + 64 * MiB);
+    // The delta and the boot files: not the full payload.
+    expect(Number(dl![1])).toBe(deltaBytes + bootBytes);
+    expect(deltaBytes).toBeLessThan(pay(m2).size);
 
     // Slot B holds 1.1: veritysetup checks every block against the signed root hash.
     const v = pay(m2).verity!;
@@ -85,5 +98,28 @@ describe('bundled agent, offline update from a folder', () => {
     expect(entry).toContain(`edgekit.verity=${v.rootHash}:`);
     expect(entry).not.toMatch(/edgekit\.slot=a/);
     execFileSync('fsck.vfat', ['-n', esp]);
+  }, 900_000);
+
+  it('falls back to the full payload when the delta does not apply to the running slot', async () => {
+    const { dir, m1, m2, pay, runAgent, bootBytes } = await prepare('fallback');
+    // Slot A is not what the delta was made from: one byte of its squashfs differs.
+    const slotA = join(dir, 'dev', 'part2');
+    const fd = openSync(slotA, 'r+');
+    writeSync(fd, Buffer.from([0x5a]), 0, 1, 100_000);
+    closeSync(fd);
+    const first = runAgent();
+    expect(first.status, first.stdout + first.stderr).not.toBe(0);
+    expect(first.stdout).toMatch(/edgekit-agent: downloading 1\.1 bytes=\d+ method=delta/);
+    expect(first.stdout).toMatch(/edgekit-agent: failed 1\.1 .*: /);
+    const second = runAgent();
+    expect(second.status, second.stdout + second.stderr).toBe(0);
+    const bytes = Number(/edgekit-agent: downloading 1\.1 bytes=(\d+) method=full/.exec(second.stdout)![1]);
+    // The whole payload this time, and the boot files (the first run stopped before them).
+    expect(bytes).toBe(pay(m2).size + bootBytes);
+    expect(second.stdout).toMatch(/edgekit-agent: rebooting 1\.1/);
+    const v = pay(m2).verity!;
+    const slotB = extractRange(join(dir, 'dev', 'part3'), 0, pay(m2).size, join(dir, 'slot-b.img'));
+    sh('veritysetup', ['verify', '--no-superblock', `--hash-offset=${v.hashOffset}`, `--data-blocks=${v.dataBlocks}`, `--salt=${v.salt}`, slotB, slotB, v.rootHash]);
+    expect(m1.version).toBe('1.0');
   }, 900_000);
 });

@@ -208,7 +208,14 @@ async function install(
         if (a.source === 'delta' && delta && host.slotPath) {
           const file = fileFor(delta);
           await downloadToFile(delta, file, transfer);
-          await writeFromDelta({ deltaFile: file, activePath: host.slotPath(active), slotPath: host.slotPath(other), slot: host.slotDevice(other), expected });
+          await writeFromDelta({ deltaFile: file, activePath: host.slotPath(active), slotPath: host.slotPath(other), slot: host.slotDevice(other), expected }).catch(async (err: unknown) => {
+            // A delta that does not apply (the running slot is not what it was made from) is not
+            // tried again: the next pass downloads the full payload.
+            a.source = 'full';
+            a.flushed = 0;
+            await rm(file, { force: true });
+            throw err;
+          });
         } else {
           await writeFullPayload({
             slot: host.slotDevice(other),
