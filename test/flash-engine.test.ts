@@ -113,7 +113,7 @@ describe('refusals and failures', () => {
     await expectGoodCopy(target);
   });
 
-  it('a byte flipped inside a mapped range fails naming the range, and nothing reports success', async () => {
+  it('a byte flipped inside a mapped range fails naming the signed region (or the range), and nothing reports success', async () => {
     const dir = join(work, 'corrupt');
     mkdirSync(dir, { recursive: true });
     const img = join(dir, 'bad.img');
@@ -121,14 +121,35 @@ describe('refusals and failures', () => {
     copyFileSync(src.bmap, join(dir, 'bad.bmap'));
     // The largest range, past the first MiB (the manifest must still read): its middle byte.
     const range = bmapRanges(src.bmap).filter((x) => x.start >= 1 << 20).sort((x, y) => y.end - y.start - (x.end - x.start))[0];
-    flipByte(img, range.start + Math.floor((range.end - range.start) / 2));
+    const at = range.start + Math.floor((range.end - range.start) / 2);
+    flipByte(img, at);
+    // Inside a signed region the signed hash catches it (naming the region); elsewhere the block map's.
+    const manifest = JSON.parse(readFileSync(built.manifest, 'utf8')).signed;
+    const region = [...manifest.regions, ...manifest.payloads].find((x: { offset: number; size: number }) => x.offset <= at && at < x.offset + x.size);
+    const expected = region
+      ? new RegExp(`signed region ${region.name} \\(bytes ${region.offset}-${region.offset + region.size - 1}\\) does not match the signed manifest`)
+      : new RegExp(`does not match the block map in blocks ${range.first}-${range.last} \\(bytes ${range.start}-${range.end - 1}\\)`);
     sh('zstd', ['-q', '-k', img]);
     for (const source of [img, `${img}.zst`]) {
       const target = fresh('corrupt.img');
       const r = await edgekit(['flash', source, '--to', target, '--pubkey', built.pub]);
-      expectFailure(r, new RegExp(`does not match the block map in blocks ${range.first}-${range.last} \\(bytes ${range.start}-${range.end - 1}\\)`));
+      expectFailure(r, expected);
       expect(r.stdout).toMatch(/^FAIL /m);
     }
+  });
+
+  it('a byte flipped in a mapped range outside the signed regions (the config partition) fails naming the range', async () => {
+    const dir = join(work, 'corrupt-config');
+    mkdirSync(dir, { recursive: true });
+    const img = join(dir, 'bad.img');
+    copyFileSync(src.raw, img);
+    copyFileSync(src.bmap, join(dir, 'bad.bmap'));
+    const manifest = JSON.parse(readFileSync(built.manifest, 'utf8')).signed;
+    const cfg = manifest.partitions.find((p: { role: string }) => p.role === 'config');
+    const range = bmapRanges(src.bmap).find((x) => x.start >= cfg.start && x.end <= cfg.start + cfg.size)!;
+    flipByte(img, range.start + 1);
+    const r = await edgekit(['flash', img, '--to', fresh('corrupt-config.img'), '--pubkey', built.pub]);
+    expectFailure(r, new RegExp(`does not match the block map in blocks ${range.first}-${range.last} \\(bytes ${range.start}-${range.end - 1}\\)`));
   });
 
   it('a download cut short fails clearly', async () => {

@@ -440,7 +440,10 @@ async function writeMapped(
   regions: RegionCheck,
   where: string,
 ): Promise<{ ranges: CheckedRange[]; sha256: string }> {
-  const check = new RangeCheck(ranges, where);
+  // Bytes inside a signed region are checked once, against the signed hash (the stronger check);
+  // the block map's own hashes are checked for the rest (config partition, manifest area), as
+  // bmaptool would. One sha256 pass over the data instead of two.
+  const check = new RangeCheck(ranges.filter((r) => !regions.covers(r.start, r.end)), where);
   const extents = extentsOf(ranges);
   out.total = extents.reduce((n, e) => n + e.end - e.start, 0);
   // Each filled piece is checked (range hashes, signed regions, the overall hash) and then queued.

@@ -81,6 +81,11 @@ export class RegionCheck {
     this.advance(abs, data);
   }
 
+  /** Whether bytes [start, end) lie inside one signed region. */
+  covers(start: number, end: number): boolean {
+    return this.regions.some((r) => r.offset <= start && end <= r.offset + r.size);
+  }
+
   /** Zero-fills the rest of every region up to `imageSize` and checks them all. */
   finish(imageSize: number): void {
     this.advance(imageSize, Buffer.alloc(0));
