@@ -453,20 +453,29 @@ async function writeMapped(
   };
   try {
     if (input.file) {
+      const file = input.file;
+      // Read one piece ahead: the next read runs on the I/O threads while this piece is hashed.
+      const pieces: Array<{ pos: number; len: number; end: number }> = [];
       for (const e of extents) {
-        for (let pos = e.start; pos < e.end; ) {
-          const buf = await out.pool.take();
-          const len = Math.min(buf.length, e.end - pos);
-          const { bytesRead } = await input.file.read(buf, 0, len, pos);
-          const piece = buf.subarray(0, bytesRead);
-          consume(pos, piece);
-          if (bytesRead < len) {
-            out.pool.give(buf);
-            throw new EdgekitError(`${where}: the image ends at byte ${pos + bytesRead}, but its block map has data up to byte ${e.end}: the image is truncated`);
-          }
-          out.write(buf, [{ offset: 0, len, position: pos }]);
-          pos += len;
+        for (let pos = e.start; pos < e.end; pos += PIECE) pieces.push({ pos, len: Math.min(PIECE, e.end - pos), end: e.end });
+      }
+      const readPiece = async (k: number) => {
+        const buf = await out.pool.take();
+        const { bytesRead } = await file.read(buf, 0, pieces[k].len, pieces[k].pos);
+        return { buf, bytesRead };
+      };
+      let next = pieces.length ? readPiece(0) : undefined;
+      for (let k = 0; k < pieces.length; k++) {
+        const { buf, bytesRead } = await next!;
+        next = k + 1 < pieces.length ? readPiece(k + 1) : undefined;
+        const { pos, len, end } = pieces[k];
+        if (bytesRead < len) {
+          out.pool.give(buf);
+          if (next) out.pool.give((await next).buf);
+          throw new EdgekitError(`${where}: the image ends at byte ${pos + bytesRead}, but its block map has data up to byte ${end}: the image is truncated`);
         }
+        consume(pos, buf.subarray(0, bytesRead));
+        out.write(buf, [{ offset: 0, len, position: pos }]);
       }
       check.finish(extents.length ? extents[extents.length - 1].end : 0);
       return { ranges, sha256: digestOfRanges(ranges) };
