@@ -6,7 +6,8 @@
  * against 1.1's signed verity parameters, mtools reads the new boot entry; and the process's peak
  * RSS stays under 96 MiB.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { startAgentServer } from './helpers/ota-agent-server.js';
 import { mkdirSync, readFileSync, writeFileSync, truncateSync, existsSync, openSync, writeSync, closeSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -63,21 +64,43 @@ async function prepare(name: string) {
   // Node's options and environment exactly as the overlay's service line has them.
   const service = /command: (.*) exec \/usr\/bin\/node (.*) \/usr\/lib\/edgekit\/agent\.mjs/.exec(readFileSync(join(REPO, 'overlays', 'ota-agent', 'overlay.yml'), 'utf8'))!;
   const env = Object.fromEntries(service[1].split(' ').map((kv) => kv.split('=')));
-  const runAgent = () =>
-    spawnSync('node', [...service[2].split(' '), '--import', probe, agent, 'update', '--from', repo, '--config', join(dir, 'update.json'), '--partitions', partitions, '--cmdline', `${m1.slots.a.cmdline}`, '--no-reboot'], { encoding: 'utf8', env: { ...process.env, ...env } });
+  const device = ['--partitions', partitions, '--cmdline', `${m1.slots.a.cmdline}`];
+  const node = (args: string[]) =>
+    new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+      const child = spawn('node', [...service[2].split(' '), '--import', probe, agent, ...args], { env: { ...process.env, ...env } });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (b) => (stdout += b));
+      child.stderr.on('data', (b) => (stderr += b));
+      child.on('close', (status) => resolve({ status, stdout, stderr }));
+    });
+  /** Offline, from the repository folder. */
+  const runAgent = () => node(['update', '--from', repo, '--config', join(dir, 'update.json'), ...device, '--no-reboot']);
+  /** One pass of the service, from the repository served over HTTP (node's fetch, ranges). */
+  const runService = async () => {
+    const server = await startAgentServer(repo);
+    try {
+      writeFileSync(join(dir, 'update-http.json'), JSON.stringify({ ...config, server: server.url }));
+      return { ...(await node(['agent', '--once', '--config', join(dir, 'update-http.json'), ...device])), reports: server.reports };
+    } finally {
+      await server.close();
+    }
+  };
   // What the release's files weigh, as the repository folder holds them.
   const released = join(repo, 'targets', 'gateway', 'qemu-x86_64', '1.1');
   const size = (re: RegExp) => statSync(join(released, readdirSync(released).find((f) => re.test(f))!)).size;
   const bootBytes = size(/\.vmlinuz$/) + size(/\.initrd\.img$/);
-  return { dir, m1, m2, pay, runAgent, bootBytes, deltaBytes: statSync(deltaFile).size };
+  return { dir, m1, m2, pay, runAgent, runService, bootBytes, deltaBytes: statSync(deltaFile).size };
 }
 
 describe('bundled agent, offline update from a folder', () => {
-  it('applies 1.1 as a delta into slot B, verified by veritysetup, under 96 MiB of RSS', async () => {
-    const { dir, m2, pay, runAgent, bootBytes, deltaBytes } = await prepare('delta');
-    const r = runAgent();
+  it('the service pass over HTTP applies 1.1 as a delta into slot B, verified by veritysetup, under 96 MiB of RSS', async () => {
+    const { dir, m2, pay, runService, bootBytes, deltaBytes } = await prepare('delta');
+    const r = await runService();
     const out = r.stdout + r.stderr;
-    expect(r.status, out).toBe(0);
+    // 3: a reboot is due.
+    expect(r.status, out).toBe(3);
+    expect(r.reports.map((x) => x.state)).toEqual(['checking', 'downloading', 'installing', 'rebooting']);
     const dl = /edgekit-agent: downloading 1\.1 bytes=(\d+) method=delta slot=a running=1\.0/.exec(out);
     expect(dl, out).toBeTruthy();
     expect(out).toMatch(/edgekit-agent: rebooting 1\.1 slot=a running=1\.0: slot b is tried on the next boot \(3 tries\)/);
@@ -107,11 +130,11 @@ describe('bundled agent, offline update from a folder', () => {
     const fd = openSync(slotA, 'r+');
     writeSync(fd, Buffer.from([0x5a]), 0, 1, 100_000);
     closeSync(fd);
-    const first = runAgent();
+    const first = await runAgent();
     expect(first.status, first.stdout + first.stderr).not.toBe(0);
     expect(first.stdout).toMatch(/edgekit-agent: downloading 1\.1 bytes=\d+ method=delta/);
     expect(first.stdout).toMatch(/edgekit-agent: failed 1\.1 .*: /);
-    const second = runAgent();
+    const second = await runAgent();
     expect(second.status, second.stdout + second.stderr).toBe(0);
     const bytes = Number(/edgekit-agent: downloading 1\.1 bytes=(\d+) method=full/.exec(second.stdout)![1]);
     // The whole payload this time, and the boot files (the first run stopped before them).

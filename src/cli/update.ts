@@ -26,10 +26,12 @@ export function registerUpdate(program: Command): void {
     .description('on a device: the update agent service (checks, downloads, installs, reboots, health-checks, commits or reports a rollback)')
     .option('--config <file>', 'update agent configuration', AGENT_CONFIG_PATH)
     .option('--once', 'one pass, then exit (code 0: idle or committed; 3: a reboot is due; 1: failed)')
-    .action(async (o: { config: string; once?: boolean }) => {
+    .option('--partitions <file>', 'with --once: partition map instead of /etc/edgekit/partitions')
+    .option('--cmdline <text>', 'with --once: the running slot\'s command line instead of /proc/cmdline')
+    .action(async (o: { config: string; once?: boolean; partitions?: string; cmdline?: string }) => {
       const config = await loadAgentConfig(o.config);
       if (!o.once) return runService(config, log);
-      const outcome = await runPass({ config, log });
+      const outcome = await runPass({ config, log, device: { partitionsFile: o.partitions, cmdline: o.cmdline } });
       log(`edgekit-agent: pass ended: ${outcome}`);
       if (outcome === 'failed') process.exitCode = 1;
       if (outcome === 'reboot') process.exitCode = 3;

@@ -5,6 +5,10 @@
 import { Command, CommanderError } from 'commander';
 import { registerUpdate } from '../../cli/update.js';
 import { EdgekitError } from '../../util/errors.js';
+import { installLeanFetch } from './lean-fetch.js';
+
+// Before anything fetches: see lean-fetch.ts (memory).
+installLeanFetch();
 
 const program = new Command('edgekit').description('edgekit device commands').exitOverride();
 registerUpdate(program);
