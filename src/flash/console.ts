@@ -96,32 +96,18 @@ export async function openConsole(port: string, opts: ConsoleOptions = {}): Prom
 
   let cursor = 0;
   const waitFor = (re: RegExp, timeoutMs: number): Promise<string> =>
-    new Promise<string>((resolve, reject) => {
-      let timer: NodeJS.Timeout | undefined;
-      const cleanup = () => {
-        clearTimeout(timer);
-        output.off('data', check);
-        output.off('end', onEnd);
-      };
-      const check = () => {
-        const hit = output.search(re, cursor);
-        if (!hit) return false;
+    output
+      .waitForMatch(
+        re,
+        cursor,
+        timeoutMs,
+        (why) => new ConsoleWaitError(`${port}: ${why} before the console showed ${re}`, output.tail()),
+        () => `the port closed${lastError ? ` (${lastError.message})` : ''}`,
+      )
+      .then((hit) => {
         cursor = Math.max(cursor, hit.end);
-        cleanup();
-        resolve(hit.text);
-        return true;
-      };
-      const fail = (why: string) => {
-        cleanup();
-        reject(new ConsoleWaitError(`${port}: ${why} before the console showed ${re}`, output.tail()));
-      };
-      const onEnd = () => fail(`the port closed${lastError ? ` (${lastError.message})` : ''}`);
-      if (check()) return;
-      if (output.isEnded) return onEnd();
-      output.on('data', check);
-      output.on('end', onEnd);
-      timer = setTimeout(() => fail(`timed out after ${timeoutMs / 1000} s`), timeoutMs);
-    });
+        return hit.text;
+      });
 
   const write = (data: string | Buffer): Promise<void> =>
     new Promise<void>((resolve, reject) => {

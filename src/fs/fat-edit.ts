@@ -17,6 +17,7 @@ import { EdgekitError } from '../util/errors.js';
 import { ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_LONG_NAME, ATTR_VOLUME_ID, DIRENT_SIZE, dosTimestamp, shortEntry } from './fat-dirent.js';
 import { FAT16_MIN_CLUSTERS, FAT32_MIN_CLUSTERS } from './fat-geometry.js';
 import { LFN_CHAR_OFFSETS, ShortNameAllocator, checkLongName, isExactShortName, longNameEntries, packShortName, shortNameChecksum } from './fat-names.js';
+import { parseBpb } from './fat-reader.js';
 
 /** Positioned, flushable byte storage: a disk, a partition of one, or a simulated device. */
 export interface BlockDevice {
@@ -604,23 +605,12 @@ export class FatVolume {
 }
 
 function parseGeometry(boot: Buffer, label: string): Geometry {
-  const bad = (why: string) => new EdgekitError(`${label}: not a FAT filesystem (${why})`);
-  if (boot[510] !== 0x55 || boot[511] !== 0xaa) throw bad('no boot sector signature');
-  const bytesPerSector = boot.readUInt16LE(11);
-  const sectorsPerCluster = boot[13];
-  const reservedSectors = boot.readUInt16LE(14);
-  const numFats = boot[16];
-  const rootEntries = boot.readUInt16LE(17);
-  const totalSectors = boot.readUInt16LE(19) || boot.readUInt32LE(32);
-  const fatSz16 = boot.readUInt16LE(22);
-  const fatSectors = fatSz16 || boot.readUInt32LE(36);
-  if (![512, 1024, 2048, 4096].includes(bytesPerSector)) throw bad(`${bytesPerSector} bytes per sector`);
-  if (!sectorsPerCluster || sectorsPerCluster & (sectorsPerCluster - 1)) throw bad(`${sectorsPerCluster} sectors per cluster`);
-  if (!reservedSectors || !numFats || !fatSectors || !totalSectors) throw bad('zero-sized region in the BPB');
+  const bpb = parseBpb(boot, label);
+  const { bytesPerSector, sectorsPerCluster, reservedSectors, numFats, rootEntries, fatSectors, totalSectors } = bpb;
   const rootDirSectors = Math.ceil((rootEntries * DIRENT_SIZE) / bytesPerSector);
   const dataSector = reservedSectors + numFats * fatSectors + rootDirSectors;
   const clusterCount = Math.floor((totalSectors - dataSector) / sectorsPerCluster);
-  if (clusterCount < FAT16_MIN_CLUSTERS) throw bad('FAT12, which this editor does not change');
+  if (clusterCount < FAT16_MIN_CLUSTERS) throw new EdgekitError(`${label}: not a FAT filesystem this editor changes (FAT12)`);
   const fatType = clusterCount < FAT32_MIN_CLUSTERS ? 'fat16' : 'fat32';
   return {
     fatType,
@@ -630,7 +620,7 @@ function parseGeometry(boot: Buffer, label: string): Geometry {
     numFats,
     rootEntries,
     fatSectors,
-    rootCluster: fatType === 'fat32' ? boot.readUInt32LE(44) : 0,
+    rootCluster: fatType === 'fat32' ? bpb.rootCluster : 0,
     fsInfoSector: fatType === 'fat32' ? boot.readUInt16LE(48) : 0,
     clusterCount,
     clusterSize: sectorsPerCluster * bytesPerSector,

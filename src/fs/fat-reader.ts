@@ -23,7 +23,8 @@ export interface FatDirEntryInfo {
   firstCluster: number;
 }
 
-interface Bpb {
+/** The BIOS parameter block of a FAT boot sector, checked for sanity. */
+export interface Bpb {
   bytesPerSector: number;
   sectorsPerCluster: number;
   reservedSectors: number;
@@ -267,7 +268,7 @@ function displayShortName(short: Buffer, ntCase: number): { upper: string; displ
   return { upper, display: e ? `${b}.${e}` : b };
 }
 
-function parseBpb(boot: Buffer, name: string): Bpb {
+export function parseBpb(boot: Buffer, name: string): Bpb {
   const bad = (why: string) => new EdgekitError(`${name}: not a FAT filesystem (${why})`);
   if (boot[510] !== 0x55 || boot[511] !== 0xaa) throw bad('no boot sector signature');
   const bytesPerSector = boot.readUInt16LE(11);

@@ -75,6 +75,49 @@ export class ConsoleOutput extends EventEmitter<ConsoleOutputEvents> implements 
     return { text: m[0], end: this.dropped + start + m.index + m[0].length };
   }
 
+  /**
+   * Waits for `re` in the text after `from`: resolves with the match, or rejects with `fail(why)`
+   * when `timeoutMs` passes or the output ends (`ended` says why; it may wait for an exit status).
+   */
+  waitForMatch(
+    re: RegExp,
+    from: number,
+    timeoutMs: number,
+    fail: (why: string) => Error,
+    ended: () => string | Promise<string>,
+  ): Promise<{ text: string; end: number }> {
+    return new Promise((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      const cleanup = () => {
+        clearTimeout(timer);
+        this.off('data', check);
+        this.off('end', onEnd);
+      };
+      const check = () => {
+        const hit = this.search(re, from);
+        if (!hit) return false;
+        cleanup();
+        resolve(hit);
+        return true;
+      };
+      const onEnd = () => {
+        // 'end' follows the last 'data', so a match in the final output has been checked already.
+        void Promise.resolve(ended()).then((why) => {
+          cleanup();
+          reject(fail(why));
+        });
+      };
+      if (check()) return;
+      if (this.ended) return onEnd();
+      this.on('data', check);
+      this.on('end', onEnd);
+      timer = setTimeout(() => {
+        cleanup();
+        reject(fail(`timed out after ${timeoutMs / 1000} s`));
+      }, timeoutMs);
+    });
+  }
+
   /** Raw chunks from now until QEMU exits. */
   async *[Symbol.asyncIterator](): AsyncIterator<string> {
     const queue: string[] = [];

@@ -133,41 +133,18 @@ export async function startQemu(opts: QemuOptions): Promise<QemuSession> {
     if (opts.serial === 'pty') {
       return Promise.reject(new EdgekitError(`the console of this QEMU is on ${ptyPath}; read it from there`));
     }
-    return new Promise<string>((resolve, reject) => {
-      let timer: NodeJS.Timeout | undefined;
-      const cleanup = () => {
-        clearTimeout(timer);
-        output.off('data', check);
-        output.off('end', onEnd);
-      };
-      const check = () => {
-        const hit = output.search(re, cursor);
-        if (!hit) return false;
-        cursor = Math.max(cursor, hit.end);
-        cleanup();
-        resolve(hit.text);
-        return true;
-      };
-      const fail = (why: string) => {
-        cleanup();
-        const tail = output.tail();
-        reject(
-          new EdgekitError(
-            `${why} before the console showed ${re}` +
-              (tail ? `; last console lines:\n${tail}` : '; the console printed nothing') +
-              (exitInfo || spawnError ? `\n${qemuSaid()}` : ''),
-          ),
-        );
-      };
-      const onEnd = () => {
-        // 'end' follows the last 'data', so a marker in the final output has been checked already.
-        void exited.then((e) => fail(`QEMU exited (${describeExit(e)})`));
-      };
-      if (check()) return;
-      if (output.isEnded) return onEnd();
-      output.on('data', check);
-      output.on('end', onEnd);
-      timer = setTimeout(() => fail(`timed out after ${timeoutMs / 1000} s`), timeoutMs);
+    const fail = (why: string) => {
+      const tail = output.tail();
+      return new EdgekitError(
+        `${why} before the console showed ${re}` +
+          (tail ? `; last console lines:\n${tail}` : '; the console printed nothing') +
+          (exitInfo || spawnError ? `\n${qemuSaid()}` : ''),
+      );
+    };
+    const ended = () => exited.then((e) => `QEMU exited (${describeExit(e)})`);
+    return output.waitForMatch(re, cursor, timeoutMs, fail, ended).then((hit) => {
+      cursor = Math.max(cursor, hit.end);
+      return hit.text;
     });
   };
 
