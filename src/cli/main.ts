@@ -30,6 +30,7 @@ const COMMANDS: Array<{ names: string[]; load: () => Promise<Register> }> = [
   { names: ['console'], load: async () => (await import('./console.js')).registerConsole },
   { names: ['release', 'repo'], load: async () => (await import('./release.js')).registerRelease },
   { names: ['update', 'agent'], load: async () => (await import('./update.js')).registerUpdate },
+  { names: ['serve'], load: async () => (await import('./serve.js')).registerServe },
 ];
 
 /** The program with the commands `argv` needs (all of them when it names none we know). */

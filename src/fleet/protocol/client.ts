@@ -1,0 +1,99 @@
+/**
+ * The device side of the fleet protocol: handshake with the device's ed25519 key, check-in and
+ * reports, re-authenticating once when the server no longer honours the token. node:http only (no
+ * fetch: undici's WebAssembly parser costs the device agent ~30 MiB), so it fits the device bundle.
+ */
+import { sign, createPublicKey, type KeyObject } from 'node:crypto';
+import { Agent, request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import {
+  authMessage, DEVICE_PATHS, type AuthResponse, type CheckInRequest, type CheckInResponse, type HelloResponse, type ReportRequest, type ReportResponse,
+} from './messages.js';
+
+export class FleetProtocolError extends Error {
+  constructor(readonly status: number, message: string) {
+    super(message);
+  }
+}
+
+export interface FleetDeviceClientOptions {
+  /** Server base URL, e.g. http://fleet.example:8080 */
+  server: string;
+  deviceId: string;
+  privateKey: KeyObject;
+  provisioningToken?: string;
+  /** Shared keep-alive agent (many simulated devices in one process share one). */
+  agent?: Agent;
+  timeoutMs?: number;
+}
+
+export class FleetDeviceClient {
+  private token: string | null = null;
+  private readonly publicKeyPem: string;
+
+  constructor(private readonly o: FleetDeviceClientOptions) {
+    this.publicKeyPem = createPublicKey(o.privateKey).export({ type: 'spki', format: 'pem' }) as string;
+  }
+
+  /** Handshake: 'accepted' (a token is held) or 'pending' (an operator must accept this device first). */
+  async authenticate(): Promise<'accepted' | 'pending'> {
+    const { nonce } = (await this.post(DEVICE_PATHS.hello, { deviceId: this.o.deviceId }, false)) as HelloResponse;
+    const signature = sign(null, authMessage(this.o.deviceId, nonce), this.o.privateKey).toString('base64');
+    const r = (await this.post(DEVICE_PATHS.auth, {
+      deviceId: this.o.deviceId, publicKey: this.publicKeyPem, nonce, signature,
+      ...(this.o.provisioningToken ? { provisioningToken: this.o.provisioningToken } : {}),
+    }, false)) as AuthResponse;
+    this.token = r.status === 'accepted' ? r.token : null;
+    return r.status;
+  }
+
+  checkIn(req: CheckInRequest): Promise<CheckInResponse> {
+    return this.authed(DEVICE_PATHS.checkIn, req) as Promise<CheckInResponse>;
+  }
+
+  report(req: ReportRequest): Promise<ReportResponse> {
+    return this.authed(DEVICE_PATHS.reports, req) as Promise<ReportResponse>;
+  }
+
+  private async authed(path: string, body: unknown): Promise<unknown> {
+    if (!this.token && (await this.authenticate()) === 'pending') throw new FleetProtocolError(403, `device ${this.o.deviceId} is waiting for acceptance`);
+    try {
+      return await this.post(path, body, true);
+    } catch (err) {
+      if (!(err instanceof FleetProtocolError) || err.status !== 401) throw err;
+      this.token = null;
+      if ((await this.authenticate()) === 'pending') throw new FleetProtocolError(403, `device ${this.o.deviceId} is waiting for acceptance`);
+      return this.post(path, body, true);
+    }
+  }
+
+  private post(path: string, body: unknown, withToken: boolean): Promise<unknown> {
+    const url = new URL(path, this.o.server.replace(/\/*$/, '/'));
+    const data = Buffer.from(JSON.stringify(body));
+    const headers: Record<string, string | number> = { 'content-type': 'application/json', 'content-length': data.length };
+    if (withToken && this.token) headers.authorization = `Bearer ${this.token}`;
+    const request = url.protocol === 'https:' ? httpsRequest : httpRequest;
+    return new Promise((resolve, reject) => {
+      const req = request(url, { method: 'POST', headers, agent: this.o.agent, timeout: this.o.timeoutMs ?? 30_000 }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('error', reject);
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let parsed: unknown;
+          try {
+            parsed = JSON.parse(text);
+          } catch {
+            return reject(new FleetProtocolError(res.statusCode ?? 0, `${url.href}: answer is not JSON (HTTP ${res.statusCode})`));
+          }
+          const status = res.statusCode ?? 0;
+          if (status >= 400) return reject(new FleetProtocolError(status, `${url.href}: HTTP ${status}: ${(parsed as { error?: string }).error ?? text}`));
+          resolve(parsed);
+        });
+      });
+      req.on('timeout', () => req.destroy(new Error(`${url.href}: no answer in time`)));
+      req.on('error', reject);
+      req.end(data);
+    });
+  }
+}

@@ -1,0 +1,91 @@
+/**
+ * The device <-> fleet server protocol: paths and message shapes. Shared by the server, the update
+ * agent and the simulated devices in the tests, so there is one definition of what goes on the wire.
+ * Pure types and constants: the device bundle imports this, so it must pull in nothing heavy.
+ *
+ * A device proves who it is with its own ed25519 key:
+ *   1. POST /v1/device/hello {deviceId}                      -> {nonce}
+ *   2. POST /v1/device/auth  {deviceId, publicKey, nonce, signature, provisioningToken?}
+ *        -> 200 {status:'accepted', token, expiresIn} or 202 {status:'pending'} (waits for an operator)
+ *      The signature covers authMessage(deviceId, nonce). The first auth of a device id binds its
+ *      public key; later auths with another key are refused, so a device cannot act as another.
+ *   3. Authorization: Bearer <token> on check-in and reports.
+ */
+
+export const DEVICE_PATHS = {
+  hello: '/v1/device/hello',
+  auth: '/v1/device/auth',
+  checkIn: '/v1/device/check-in',
+  reports: '/v1/device/reports',
+} as const;
+
+/** The bytes a device signs: a fixed context string so a signature is never valid for anything else. */
+export function authMessage(deviceId: string, nonce: string): Buffer {
+  return Buffer.from(`edgekit-fleet-auth-v1\n${deviceId}\n${nonce}`, 'utf8');
+}
+
+export interface HelloRequest {
+  deviceId: string;
+}
+export interface HelloResponse {
+  nonce: string;
+}
+
+export interface AuthRequest {
+  deviceId: string;
+  /** SPKI PEM of the device's ed25519 public key. */
+  publicKey: string;
+  nonce: string;
+  /** base64 ed25519 signature of authMessage(deviceId, nonce). */
+  signature: string;
+  /** From the config partition's provisioning-token file: pre-authorises a new device. */
+  provisioningToken?: string;
+}
+export type AuthResponse = { status: 'accepted'; token: string; expiresIn: number } | { status: 'pending' };
+
+export type SlotName = 'a' | 'b';
+
+export interface CheckInRequest {
+  board: string;
+  /** The release the device runs. */
+  version: string;
+  /** The release it ran before (after an update). */
+  previousVersion?: string;
+  slot: SlotName;
+  /** The bootloader's view of the slots, free text per slot (e.g. 'good', 'trying 2'). */
+  slotState?: Partial<Record<SlotName, string>>;
+}
+
+export interface OfferedRelease {
+  version: string;
+  channel: string;
+  rolloutId: string;
+}
+export interface CheckInResponse {
+  /** The release to install, or null: stay where you are. */
+  release: OfferedRelease | null;
+}
+
+/** The agent's report states (src/ota/agent/reports.ts). */
+export const REPORT_STATES = ['checking', 'downloading', 'installing', 'rebooting', 'committed', 'rolled-back', 'failed'] as const;
+export type ReportState = (typeof REPORT_STATES)[number];
+
+export interface ReportRequest {
+  /** Chosen by the device, unique per device: a report sent twice (retry, replay) counts once. */
+  id: string;
+  state: ReportState;
+  /** The release concerned. */
+  version?: string;
+  /** What the device runs now. */
+  running: string;
+  slot: SlotName;
+  reason?: string;
+}
+export interface ReportResponse {
+  /** True when this id was seen before: nothing changed. */
+  duplicate: boolean;
+}
+
+export interface ErrorResponse {
+  error: string;
+}

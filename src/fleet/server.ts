@@ -1,0 +1,235 @@
+/**
+ * The fleet server over node:http: a small route table, JSON bodies checked with zod, and every
+ * failure a client can cause answered with a 4xx and a one-line reason. A handler that throws
+ * anything else is a bug: the request gets a 500 and the server keeps serving.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { z } from 'zod';
+import { SCOPE_RANK } from './auth.js';
+import { Metrics } from './metrics.js';
+import { DEVICE_PATHS } from './protocol/messages.js';
+import * as S from './schemas.js';
+import { FleetError, FleetService, type Actor } from './service.js';
+import type { DeviceStatus, Scope } from './store/store.js';
+
+const MAX_BODY = 64 * 1024;
+
+interface Ctx {
+  req: IncomingMessage;
+  params: string[];
+  query: URLSearchParams;
+  body: () => Promise<unknown>;
+  bearer: string | null;
+}
+type Handler = (c: Ctx) => Promise<{ status?: number; body: unknown } | unknown>;
+interface Route {
+  method: string;
+  pattern: RegExp;
+  name: string;
+  handler: Handler;
+}
+
+export interface RunningServer {
+  server: Server;
+  url: string;
+  close(): Promise<void>;
+}
+
+export async function startFleetServer(o: { service: FleetService; host?: string; port?: number; tickMs?: number; log?: (line: string) => void }): Promise<RunningServer> {
+  const metrics = new Metrics();
+  const routes = buildRoutes(o.service, metrics);
+  const log = o.log ?? (() => {});
+  const server = createServer((req, res) => {
+    void handle(routes, metrics, req, res, log);
+  });
+  server.keepAliveTimeout = 30_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(o.port ?? 0, o.host ?? '127.0.0.1', () => resolve());
+  });
+  const tick = setInterval(() => void o.service.tick().catch((err: Error) => log(`rollout tick failed: ${err.message}`)), o.tickMs ?? 1000);
+  tick.unref();
+  const a = server.address() as AddressInfo;
+  return {
+    server,
+    url: `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`,
+    close: () => {
+      clearInterval(tick);
+      return new Promise((resolve) => {
+        server.close(() => resolve());
+        server.closeIdleConnections();
+      });
+    },
+  };
+}
+
+async function handle(routes: Route[], metrics: Metrics, req: IncomingMessage, res: ServerResponse, log: (line: string) => void): Promise<void> {
+  let routeName = 'unknown';
+  const send = (status: number, body: unknown, type = 'application/json') => {
+    metrics.countRequest(routeName, status);
+    const data = Buffer.from(type === 'application/json' ? `${JSON.stringify(body)}\n` : String(body));
+    res.writeHead(status, { 'content-type': type, 'content-length': data.length });
+    res.end(data);
+  };
+  try {
+    const url = new URL(req.url ?? '/', 'http://fleet.invalid');
+    const matching = routes.filter((r) => r.pattern.test(url.pathname));
+    if (!matching.length) return send(404, { error: `no such endpoint: ${url.pathname}` });
+    const route = matching.find((r) => r.method === req.method);
+    if (!route) return send(405, { error: `${req.method} not allowed on ${url.pathname} (use ${matching.map((r) => r.method).join(', ')})` });
+    routeName = route.name;
+    const auth = req.headers.authorization;
+    const ctx: Ctx = {
+      req,
+      params: (route.pattern.exec(url.pathname) ?? []).slice(1).map(decodeURIComponent),
+      query: url.searchParams,
+      body: () => readJson(req),
+      bearer: auth?.startsWith('Bearer ') ? auth.slice(7).trim() : null,
+    };
+    const result = await route.handler(ctx);
+    if (result && typeof result === 'object' && 'text' in result) return send(200, (result as { text: string }).text, 'text/plain; version=0.0.4; charset=utf-8');
+    const r = result as { status?: number; body: unknown };
+    send(r.status ?? 200, r.body);
+  } catch (err) {
+    if (err instanceof FleetError) return send(err.status, { error: err.message });
+    log(`fleet: internal error on ${req.method} ${req.url}: ${(err as Error).stack ?? err}`);
+    if (!res.headersSent) send(500, { error: 'internal error (logged by the server)' });
+  }
+}
+
+function readJson(req: IncomingMessage): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const type = req.headers['content-type'] ?? '';
+    if (!/^application\/json\b/.test(type)) {
+      req.resume();
+      return reject(new FleetError(415, `content-type must be application/json, not ${JSON.stringify(type)}`));
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_BODY) {
+        reject(new FleetError(413, `request body over ${MAX_BODY} bytes`));
+        req.destroy();
+      } else chunks.push(c);
+    });
+    req.on('error', () => reject(new FleetError(400, 'request body not received')));
+    req.on('end', () => {
+      try {
+        resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')));
+      } catch (err) {
+        reject(new FleetError(400, `body is not JSON: ${(err as Error).message}`));
+      }
+    });
+  });
+}
+
+async function parsed<T extends z.ZodType>(c: Ctx, schema: T): Promise<z.infer<T>> {
+  const r = schema.safeParse(await c.body());
+  if (!r.success) {
+    const i = r.error.issues[0];
+    throw new FleetError(400, `${i.path.length ? i.path.join('.') : 'body'}: ${i.message}`);
+  }
+  return r.data;
+}
+
+function buildRoutes(service: FleetService, metrics: Metrics): Route[] {
+  const routes: Route[] = [];
+  const add = (method: string, path: string, handler: Handler) => {
+    const pattern = new RegExp(`^${path.replace(/:[a-z]+/g, '([^/]+)')}$`);
+    routes.push({ method, pattern, name: `${method} ${path}`, handler });
+  };
+  const admin = (scope: Scope, h: (c: Ctx, actor: Actor) => Promise<unknown>): Handler => async (c) => {
+    const actor = await service.adminOf(c.bearer);
+    if (SCOPE_RANK[actor.scope] < SCOPE_RANK[scope]) throw new FleetError(403, `token ${actor.tokenId} has scope ${actor.scope}; this needs ${scope}`);
+    return { body: await h(c, actor) };
+  };
+  const device = (h: (c: Ctx, d: Awaited<ReturnType<FleetService['deviceOf']>>) => Promise<unknown>): Handler => async (c) => ({ body: await h(c, await service.deviceOf(c.bearer)) });
+
+  add('POST', DEVICE_PATHS.hello, async (c) => ({ body: { nonce: service.hello((await parsed(c, S.helloBody)).deviceId) } }));
+  add('POST', DEVICE_PATHS.auth, async (c) => {
+    const r = await service.authenticate(await parsed(c, S.authBody));
+    return { status: r.status === 'pending' ? 202 : 200, body: r };
+  });
+  add('POST', DEVICE_PATHS.checkIn, device(async (c, d) => service.checkIn(d, await parsed(c, S.checkInBody))));
+  add('POST', DEVICE_PATHS.reports, device(async (c, d) => service.report(d, await parsed(c, S.reportBody))));
+
+  add('GET', '/metrics', async (c) => {
+    const actor = await service.adminOf(c.bearer);
+    void actor;
+    return { text: await metrics.render(service) };
+  });
+
+  add('GET', '/v1/admin/devices', admin('read', async (c) => {
+    const status = c.query.get('status');
+    if (status && !['pending', 'accepted', 'rejected'].includes(status)) throw new FleetError(400, `status: not pending, accepted or rejected: ${status}`);
+    return service.store.listDevices({
+      status: (status as DeviceStatus) ?? undefined, channel: c.query.get('channel') ?? undefined, board: c.query.get('board') ?? undefined, tag: c.query.get('tag') ?? undefined,
+    });
+  }));
+  add('GET', '/v1/admin/devices/:id', admin('read', async (c) => service.requireDevice(c.params[0])));
+  for (const [verb, status] of [['accept', 'accepted'], ['reject', 'rejected']] as const) {
+    add('POST', `/v1/admin/devices/:id/${verb}`, admin('operator', async (c, a) => {
+      await service.requireDevice(c.params[0]);
+      await service.store.setDeviceStatus(c.params[0], status);
+      await service.audit(a, `device.${verb}`, c.params[0], null);
+      return service.requireDevice(c.params[0]);
+    }));
+  }
+  add('PUT', '/v1/admin/devices/:id/tags', admin('operator', async (c, a) => {
+    const { tags } = await parsed(c, S.tagsBody);
+    await service.requireDevice(c.params[0]);
+    await service.store.setDeviceTags(c.params[0], tags);
+    await service.audit(a, 'device.tags', c.params[0], { tags });
+    return service.requireDevice(c.params[0]);
+  }));
+  add('PUT', '/v1/admin/devices/:id/channel', admin('operator', async (c, a) => {
+    const { channel } = await parsed(c, S.deviceChannelBody);
+    await service.requireDevice(c.params[0]);
+    await service.requireChannel(channel);
+    await service.store.setDeviceChannel(c.params[0], channel);
+    await service.audit(a, 'device.channel', c.params[0], { channel });
+    return service.requireDevice(c.params[0]);
+  }));
+
+  add('GET', '/v1/admin/channels', admin('read', async () => service.store.listChannels()));
+  add('POST', '/v1/admin/channels', admin('operator', async (c, a) => {
+    const { name } = await parsed(c, S.channelBody);
+    if (!(await service.store.insertChannel({ name, createdAt: Date.now() }))) throw new FleetError(409, `channel ${name} exists`);
+    await service.audit(a, 'channel.create', name, null);
+    return { name };
+  }));
+  add('GET', '/v1/admin/releases', admin('read', async (c) => service.store.listReleases(c.query.get('channel') ?? undefined)));
+  add('POST', '/v1/admin/releases', admin('operator', async (c, a) => {
+    const b = await parsed(c, S.releaseBody);
+    await service.requireChannel(b.channel);
+    const row = { version: b.version, channel: b.channel, board: b.board ?? null, createdAt: Date.now() };
+    if (!(await service.store.insertRelease(row))) throw new FleetError(409, `release ${b.version} is already in channel ${b.channel}`);
+    await service.audit(a, 'release.create', `${b.channel}/${b.version}`, { board: row.board });
+    return row;
+  }));
+  add('GET', '/v1/admin/rollouts', admin('read', async () => service.listRollouts()));
+  add('POST', '/v1/admin/rollouts', admin('operator', async (c, a) => service.createRollout(a, await parsed(c, S.rolloutBody))));
+  add('GET', '/v1/admin/rollouts/:id', admin('read', async (c) => service.rolloutStatus(c.params[0])));
+  add('GET', '/v1/admin/rollouts/:id/devices', admin('read', async (c) => {
+    await service.rolloutStatus(c.params[0]);
+    return service.store.listMembers(c.params[0]);
+  }));
+  for (const action of ['pause', 'resume', 'abort'] as const) {
+    add('POST', `/v1/admin/rollouts/:id/${action}`, admin('operator', async (c, a) => service.setRolloutState(a, c.params[0], action)));
+  }
+
+  add('GET', '/v1/admin/tokens', admin('admin', async () => service.store.listAdminTokens()));
+  add('POST', '/v1/admin/tokens', admin('admin', async (c, a) => {
+    const b = await parsed(c, S.tokenBody);
+    return service.createAdminToken(a, b.name, b.scope);
+  }));
+  add('POST', '/v1/admin/provisioning-tokens', admin('admin', async (c, a) => service.createProvisioningToken(a, await parsed(c, S.provisioningBody))));
+  add('GET', '/v1/admin/audit', admin('admin', async (c) => {
+    const limit = Number(c.query.get('limit') ?? 100);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new FleetError(400, 'limit: an integer 1-10000');
+    return service.store.listAudit(limit);
+  }));
+  return routes;
+}

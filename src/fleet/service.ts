@@ -1,0 +1,248 @@
+/**
+ * The fleet server's behaviour, independent of HTTP: device handshake, check-in, reports, and the
+ * admin operations (each audited). Rollouts advance or pause themselves when a terminal report
+ * arrives and on a periodic tick (for stage waits).
+ */
+import { randomBytes } from 'node:crypto';
+import { DeviceTokens, DEVICE_TOKEN_SECONDS, hashToken, newSecretToken } from './auth.js';
+import type { AuthRequest, AuthResponse, CheckInRequest, CheckInResponse, ReportRequest, ReportResponse } from './protocol/messages.js';
+import { decide, deviceBucket, matchesFilter, stageOfBucket, stagesProblem, type StageTally } from './rollout.js';
+import type {
+  AdminTokenRow, DeviceRow, FleetStore, MemberCounts, MemberState, RolloutFilter, RolloutRow, RolloutStage, Scope,
+} from './store/store.js';
+
+export class FleetError extends Error {
+  constructor(readonly status: number, message: string) {
+    super(message);
+  }
+}
+
+export interface Actor {
+  tokenId: string;
+  name: string;
+  scope: Scope;
+}
+
+export interface RolloutStatus extends RolloutRow {
+  counts: MemberCounts;
+}
+
+const REPORT_TO_MEMBER: Partial<Record<ReportRequest['state'], MemberState>> = {
+  downloading: 'downloading',
+  installing: 'installing',
+  rebooting: 'rebooting',
+  committed: 'succeeded',
+  'rolled-back': 'failed',
+  failed: 'failed',
+};
+
+export const DEFAULT_CHANNEL = 'stable';
+
+export class FleetService {
+  private constructor(readonly store: FleetStore, readonly tokens: DeviceTokens, private readonly now: () => number) {}
+
+  static async open(store: FleetStore, now: () => number = Date.now): Promise<FleetService> {
+    await store.migrate();
+    const secret = await store.initSetting('device-token-secret', randomBytes(32).toString('base64'));
+    await store.insertChannel({ name: DEFAULT_CHANNEL, createdAt: now() });
+    return new FleetService(store, new DeviceTokens(Buffer.from(secret, 'base64'), now), now);
+  }
+
+  /** Creates the first admin token when there is none; returns it (to hand to the operator once) or null. */
+  async bootstrapAdminToken(): Promise<string | null> {
+    if ((await this.store.countAdminTokens()) > 0) return null;
+    return (await this.createAdminToken(null, 'bootstrap', 'admin')).token;
+  }
+
+  // ---- devices ----
+
+  hello(deviceId: string): string {
+    return this.tokens.issueNonce(deviceId);
+  }
+
+  async authenticate(req: AuthRequest): Promise<AuthResponse> {
+    const check = this.tokens.verifyHandshake(req.deviceId, req.nonce, req.publicKey, req.signature);
+    if (check === 'bad-nonce') throw new FleetError(401, 'unknown, used or expired nonce: ask /v1/device/hello again');
+    if (check === 'bad-key') throw new FleetError(400, 'publicKey: not an ed25519 public key (SPKI PEM)');
+    if (check === 'bad-signature') throw new FleetError(401, 'signature does not verify with the given public key');
+    let device = await this.store.getDevice(req.deviceId);
+    if (device && normalisePem(device.publicKey) !== normalisePem(req.publicKey)) {
+      throw new FleetError(403, `device ${req.deviceId} is registered with another key`);
+    }
+    if (!device) {
+      const prov = req.provisioningToken ? await this.store.findProvisioningToken(hashToken(req.provisioningToken)) : null;
+      const valid = prov && (prov.expiresAt === null || prov.expiresAt > this.now());
+      await this.store.insertDevice({
+        id: req.deviceId, publicKey: req.publicKey, status: valid ? 'accepted' : 'pending', channel: valid ? prov.channel : DEFAULT_CHANNEL,
+        tags: valid ? prov.tags : [], createdAt: this.now(),
+      });
+      device = (await this.store.getDevice(req.deviceId))!;
+    }
+    if (device.status === 'rejected') throw new FleetError(403, `device ${req.deviceId} was rejected by an operator`);
+    if (device.status === 'pending') return { status: 'pending' };
+    return { status: 'accepted', token: this.tokens.issueToken(device.id), expiresIn: DEVICE_TOKEN_SECONDS };
+  }
+
+  /** The device a bearer token stands for; 401 for a bad token, 403 for a device no longer accepted. */
+  async deviceOf(token: string | null): Promise<DeviceRow> {
+    const id = token ? this.tokens.checkToken(token) : null;
+    if (!id) throw new FleetError(401, token ? 'invalid or expired device token' : 'missing device token (Authorization: Bearer)');
+    const device = await this.store.getDevice(id);
+    if (!device || device.status !== 'accepted') throw new FleetError(403, `device ${id} is not accepted`);
+    return device;
+  }
+
+  async checkIn(device: DeviceRow, req: CheckInRequest): Promise<CheckInResponse> {
+    await this.store.recordCheckIn(device.id, {
+      board: req.board, version: req.version, previousVersion: req.previousVersion ?? null, slot: req.slot, slotState: req.slotState ?? null, at: this.now(),
+    });
+    const rollouts = (await this.store.listRollouts({ channel: device.channel, states: ['running', 'completed'] })).reverse();
+    for (const r of rollouts) {
+      if (req.version === r.version) return { release: null };
+      if (!matchesFilter(r.filter, { board: req.board, tags: device.tags })) continue;
+      const member = await this.store.getMember(r.id, device.id);
+      if (member) {
+        if (member.state === 'failed' || member.state === 'succeeded') return { release: null };
+      } else {
+        const stage = stageOfBucket(r.stages, deviceBucket(r.id, device.id));
+        if (stage > r.stage) continue;
+        await this.store.addMember({ rolloutId: r.id, deviceId: device.id, stage, state: 'offered', updatedAt: this.now() });
+      }
+      return { release: { version: r.version, channel: r.channel, rolloutId: r.id } };
+    }
+    return { release: null };
+  }
+
+  async report(device: DeviceRow, req: ReportRequest): Promise<ReportResponse> {
+    const memberState = REPORT_TO_MEMBER[req.state];
+    const member = memberState && req.version ? await this.store.findMembership(device.id, req.version) : null;
+    const inserted = await this.store.recordReport(
+      { id: req.id, deviceId: device.id, state: req.state, version: req.version ?? null, running: req.running, slot: req.slot, reason: req.reason ?? null, receivedAt: this.now() },
+      member && memberState ? { rolloutId: member.rolloutId, state: memberState } : null,
+    );
+    if (inserted && member && (memberState === 'succeeded' || memberState === 'failed')) await this.evaluate(member.rolloutId);
+    return { duplicate: !inserted };
+  }
+
+  // ---- rollouts ----
+
+  /** Applies what the rollout's counts call for, repeatedly (a stage with no wait can open the next at once). */
+  async evaluate(rolloutId: string): Promise<void> {
+    for (let guard = 0; guard < 100; guard++) {
+      const r = await this.store.getRollout(rolloutId);
+      if (!r) return;
+      const d = decide(r, await this.tally(r), this.now());
+      if (d.kind === 'none') return;
+      if (d.kind === 'pause') return this.store.updateRollout(r.id, { state: 'paused', reason: d.reason });
+      if (d.kind === 'complete') return this.store.updateRollout(r.id, { state: 'completed', reason: null });
+      await this.store.updateRollout(r.id, { stage: d.stage, stageStartedAt: this.now() });
+    }
+  }
+
+  async tick(): Promise<void> {
+    for (const r of await this.store.listRollouts({ states: ['running'] })) await this.evaluate(r.id);
+  }
+
+  private async tally(r: RolloutRow): Promise<StageTally> {
+    const members = new Map((await this.store.listMembers(r.id)).map((m) => [m.deviceId, m]));
+    const t: StageTally = { population: 0, succeeded: 0, failed: 0 };
+    for (const d of await this.store.listRolloutCandidates(r.channel)) {
+      if (!matchesFilter(r.filter, d)) continue;
+      const m = members.get(d.id);
+      const stage = m ? m.stage : stageOfBucket(r.stages, deviceBucket(r.id, d.id));
+      if (stage > r.stage) continue;
+      t.population++;
+      if (m?.state === 'succeeded' || (!m && d.version === r.version)) t.succeeded++;
+      else if (m?.state === 'failed') t.failed++;
+    }
+    return t;
+  }
+
+  async rolloutStatus(id: string): Promise<RolloutStatus> {
+    const r = await this.store.getRollout(id);
+    if (!r) throw new FleetError(404, `no rollout ${id}`);
+    return { ...r, counts: await this.store.memberCounts(id) };
+  }
+
+  async listRollouts(): Promise<RolloutStatus[]> {
+    return Promise.all((await this.store.listRollouts()).map(async (r) => ({ ...r, counts: await this.store.memberCounts(r.id) })));
+  }
+
+  async createRollout(
+    actor: Actor,
+    o: { version: string; channel: string; filter?: Partial<RolloutFilter>; stages: RolloutStage[]; maxFailureRatio: number; minSuccessRatio: number },
+  ): Promise<RolloutStatus> {
+    if (!(await this.store.getRelease(o.channel, o.version))) throw new FleetError(404, `no release ${o.version} in channel ${o.channel}`);
+    const problem = stagesProblem(o.stages);
+    if (problem) throw new FleetError(400, `stages: ${problem}`);
+    const active = await this.store.listRollouts({ channel: o.channel, states: ['running', 'paused'] });
+    if (active.length) throw new FleetError(409, `channel ${o.channel} already has rollout ${active[0].id} (${active[0].state}): abort it first`);
+    const r: RolloutRow = {
+      id: `ro_${randomBytes(6).toString('hex')}`, version: o.version, channel: o.channel,
+      filter: { tags: [...new Set(o.filter?.tags ?? [])].sort(), board: o.filter?.board ?? null },
+      stages: o.stages, maxFailureRatio: o.maxFailureRatio, minSuccessRatio: o.minSuccessRatio,
+      state: 'running', stage: 0, stageStartedAt: this.now(), reason: null, createdAt: this.now(),
+    };
+    await this.store.insertRollout(r);
+    await this.audit(actor, 'rollout.create', r.id, { version: r.version, channel: r.channel, filter: r.filter, stages: r.stages });
+    return this.rolloutStatus(r.id);
+  }
+
+  async setRolloutState(actor: Actor, id: string, action: 'pause' | 'resume' | 'abort'): Promise<RolloutStatus> {
+    const r = await this.store.getRollout(id);
+    if (!r) throw new FleetError(404, `no rollout ${id}`);
+    const allowed: Record<typeof action, string[]> = { pause: ['running'], resume: ['paused'], abort: ['running', 'paused'] };
+    if (!allowed[action].includes(r.state)) throw new FleetError(409, `rollout ${id} is ${r.state}: cannot ${action}`);
+    const state = action === 'pause' ? 'paused' : action === 'resume' ? 'running' : 'aborted';
+    await this.store.updateRollout(id, { state, reason: action === 'resume' ? null : `${action}d by ${actor.name}` });
+    await this.audit(actor, `rollout.${action}`, id, null);
+    // A resumed rollout is judged again at once: one whose failures still exceed the limit pauses again.
+    if (action === 'resume') await this.evaluate(id);
+    return this.rolloutStatus(id);
+  }
+
+  // ---- admin ----
+
+  async audit(actor: Actor | null, action: string, target: string, detail: unknown): Promise<void> {
+    await this.store.appendAudit({ at: this.now(), actor: actor ? `${actor.name} (${actor.tokenId})` : 'server', action, target, detail });
+  }
+
+  async adminOf(token: string | null): Promise<Actor> {
+    if (!token) throw new FleetError(401, 'missing admin token (Authorization: Bearer)');
+    const row = await this.store.findAdminToken(hashToken(token));
+    if (!row) throw new FleetError(401, 'invalid admin token');
+    return { tokenId: row.id, name: row.name, scope: row.scope };
+  }
+
+  async createAdminToken(actor: Actor | null, name: string, scope: Scope): Promise<{ token: string } & AdminTokenRow> {
+    const token = newSecretToken('adm');
+    const row: AdminTokenRow = { id: `tok_${randomBytes(6).toString('hex')}`, name, scope, createdAt: this.now() };
+    await this.store.insertAdminToken({ ...row, hash: hashToken(token) });
+    await this.audit(actor, 'token.create', row.id, { name, scope });
+    return { token, ...row };
+  }
+
+  async createProvisioningToken(actor: Actor, o: { channel: string; tags: string[]; expiresInSeconds: number | null }): Promise<{ token: string; id: string }> {
+    await this.requireChannel(o.channel);
+    const token = newSecretToken('prov');
+    const id = `prov_${randomBytes(6).toString('hex')}`;
+    const expiresAt = o.expiresInSeconds === null ? null : this.now() + o.expiresInSeconds * 1000;
+    await this.store.insertProvisioningToken({ id, hash: hashToken(token), channel: o.channel, tags: [...new Set(o.tags)].sort(), expiresAt, createdAt: this.now() });
+    await this.audit(actor, 'provisioning-token.create', id, { channel: o.channel, tags: o.tags, expiresAt });
+    return { token, id };
+  }
+
+  async requireChannel(name: string): Promise<void> {
+    if (!(await this.store.listChannels()).some((c) => c.name === name)) throw new FleetError(404, `no channel ${name}`);
+  }
+
+  async requireDevice(id: string): Promise<DeviceRow> {
+    const d = await this.store.getDevice(id);
+    if (!d) throw new FleetError(404, `no device ${id}`);
+    return d;
+  }
+}
+
+function normalisePem(pem: string): string {
+  return pem.replace(/\s+/g, '');
+}

@@ -1,0 +1,204 @@
+/**
+ * What the fleet server keeps, behind one interface. Each method is one whole domain operation
+ * (it runs in one transaction inside the store), so the engine holds no SQL and no transaction
+ * handles: a PostgreSQL store implements the same methods with its own SQL. Every method is async
+ * for that reason, even though the SQLite one answers synchronously.
+ */
+
+export type DeviceStatus = 'pending' | 'accepted' | 'rejected';
+export type Scope = 'read' | 'operator' | 'admin';
+export type RolloutState = 'running' | 'paused' | 'aborted' | 'completed';
+/** A device's progress in one rollout. */
+export type MemberState = 'offered' | 'downloading' | 'installing' | 'rebooting' | 'succeeded' | 'failed';
+
+export interface DeviceRow {
+  id: string;
+  publicKey: string;
+  status: DeviceStatus;
+  board: string | null;
+  channel: string;
+  tags: string[];
+  version: string | null;
+  previousVersion: string | null;
+  slot: string | null;
+  slotState: Record<string, string> | null;
+  /** Unix milliseconds. */
+  lastSeen: number | null;
+  lastReport: StoredReport | null;
+  createdAt: number;
+}
+
+export interface StoredReport {
+  id: string;
+  deviceId: string;
+  state: string;
+  version: string | null;
+  running: string;
+  slot: string;
+  reason: string | null;
+  receivedAt: number;
+}
+
+export interface ChannelRow {
+  name: string;
+  createdAt: number;
+}
+
+export interface ReleaseRow {
+  version: string;
+  channel: string;
+  /** null: any board. */
+  board: string | null;
+  createdAt: number;
+}
+
+export interface RolloutStage {
+  /** Share of the matching devices, 0 < percent <= 100; stages increase. */
+  percent: number;
+  /** Seconds the previous stage must have run before this one starts. */
+  waitSeconds: number;
+}
+
+export interface RolloutFilter {
+  /** A device must carry every one of these tags. */
+  tags: string[];
+  board: string | null;
+}
+
+export interface RolloutRow {
+  id: string;
+  version: string;
+  channel: string;
+  filter: RolloutFilter;
+  stages: RolloutStage[];
+  /** Failed devices / devices in the stages so far above which the rollout pauses itself. */
+  maxFailureRatio: number;
+  /** Succeeded devices / devices in the stages so far a stage needs before the next starts. */
+  minSuccessRatio: number;
+  state: RolloutState;
+  /** Index into stages of the stage now open. */
+  stage: number;
+  stageStartedAt: number;
+  reason: string | null;
+  createdAt: number;
+}
+
+export interface MemberRow {
+  rolloutId: string;
+  deviceId: string;
+  /** The stage index the device was offered the release in. */
+  stage: number;
+  state: MemberState;
+  updatedAt: number;
+}
+
+export interface MemberCounts {
+  offered: number;
+  inProgress: number;
+  succeeded: number;
+  failed: number;
+}
+
+export interface AdminTokenRow {
+  id: string;
+  name: string;
+  scope: Scope;
+  createdAt: number;
+}
+
+export interface ProvisioningTokenRow {
+  id: string;
+  channel: string;
+  tags: string[];
+  expiresAt: number | null;
+  createdAt: number;
+}
+
+export interface AuditRow {
+  seq: number;
+  at: number;
+  actor: string;
+  action: string;
+  target: string;
+  detail: unknown;
+}
+
+export interface DeviceQuery {
+  status?: DeviceStatus;
+  channel?: string;
+  board?: string;
+  tag?: string;
+}
+
+export interface RolloutCandidate {
+  id: string;
+  board: string | null;
+  tags: string[];
+  version: string | null;
+}
+
+export interface CheckInUpdate {
+  board: string;
+  version: string;
+  previousVersion: string | null;
+  slot: string;
+  slotState: Record<string, string> | null;
+  at: number;
+}
+
+export interface FleetStore {
+  /** Apply pending schema migrations; returns the schema version now in place. */
+  migrate(): Promise<number>;
+  close(): Promise<void>;
+
+  getSetting(key: string): Promise<string | null>;
+  /** Sets the value only if none is there; returns the value in place afterwards. */
+  initSetting(key: string, value: string): Promise<string>;
+
+  getDevice(id: string): Promise<DeviceRow | null>;
+  insertDevice(d: Pick<DeviceRow, 'id' | 'publicKey' | 'status' | 'channel' | 'tags' | 'createdAt'>): Promise<void>;
+  listDevices(q: DeviceQuery): Promise<DeviceRow[]>;
+  /** The few fields rollout membership needs, for every accepted device of a channel. */
+  listRolloutCandidates(channel: string): Promise<RolloutCandidate[]>;
+  setDeviceStatus(id: string, status: DeviceStatus): Promise<boolean>;
+  setDeviceTags(id: string, tags: string[]): Promise<boolean>;
+  setDeviceChannel(id: string, channel: string): Promise<boolean>;
+  recordCheckIn(id: string, u: CheckInUpdate): Promise<void>;
+  /**
+   * Stores the report unless (deviceId, report id) is known, updates the device's last report and,
+   * when `member` is given, that rollout membership's state. Returns false for a duplicate (nothing changed).
+   */
+  recordReport(r: StoredReport, member: { rolloutId: string; state: MemberState } | null): Promise<boolean>;
+
+  listChannels(): Promise<ChannelRow[]>;
+  insertChannel(c: ChannelRow): Promise<boolean>;
+  listReleases(channel?: string): Promise<ReleaseRow[]>;
+  getRelease(channel: string, version: string): Promise<ReleaseRow | null>;
+  insertRelease(r: ReleaseRow): Promise<boolean>;
+
+  insertRollout(r: RolloutRow): Promise<void>;
+  getRollout(id: string): Promise<RolloutRow | null>;
+  listRollouts(q?: { channel?: string; states?: RolloutState[] }): Promise<RolloutRow[]>;
+  updateRollout(id: string, patch: Partial<Pick<RolloutRow, 'state' | 'stage' | 'stageStartedAt' | 'reason'>>): Promise<void>;
+  getMember(rolloutId: string, deviceId: string): Promise<MemberRow | null>;
+  /** Records that the device was offered the release in `stage` (no-op when already a member). */
+  addMember(m: MemberRow): Promise<void>;
+  listMembers(rolloutId: string): Promise<MemberRow[]>;
+  memberCounts(rolloutId: string): Promise<MemberCounts>;
+  /** Latest membership of a device in any rollout of this version (to find the rollout a report belongs to). */
+  findMembership(deviceId: string, version: string): Promise<MemberRow | null>;
+
+  insertAdminToken(t: AdminTokenRow & { hash: string }): Promise<void>;
+  findAdminToken(hash: string): Promise<AdminTokenRow | null>;
+  listAdminTokens(): Promise<AdminTokenRow[]>;
+  countAdminTokens(): Promise<number>;
+  insertProvisioningToken(t: ProvisioningTokenRow & { hash: string }): Promise<void>;
+  findProvisioningToken(hash: string): Promise<ProvisioningTokenRow | null>;
+
+  appendAudit(a: Omit<AuditRow, 'seq'>): Promise<void>;
+  listAudit(limit: number): Promise<AuditRow[]>;
+
+  /** Counts for /metrics. */
+  deviceCountsByStatus(): Promise<Record<string, number>>;
+  reportCountsByState(): Promise<Record<string, number>>;
+}
