@@ -90,7 +90,7 @@ export async function build(opts: BuildOptions): Promise<BuildResult> {
   progress({ phase: 'assemble', detail: 'root tree' });
   const trees = await buildTrees({
     spec, specFile: opts.spec, board, kernel, kernelParts: kp, overlays, plan,
-    rootPackages: pkgs.groups.root, initrdPackages: pkgs.groups.initrd,
+    rootPackages: pkgs.groups.root, initrdPackages: pkgs.groups.initrd, epoch,
   });
 
   await mkdir(opts.outDir, { recursive: true });

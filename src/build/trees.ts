@@ -17,6 +17,7 @@ import { readContent, Tree } from '../tree/tree.js';
 import type { LayoutPlan } from '../image/layout.js';
 import { EdgekitError } from '../util/errors.js';
 import { moduleClosure } from '../packages/modules.js';
+import { addUpdateConfig } from './update-config.js';
 import { addModules, type KernelParts } from './kernel-step.js';
 import type { FetchedPackage } from './packages-step.js';
 
@@ -30,6 +31,7 @@ export interface TreeInputs {
   plan: LayoutPlan;
   rootPackages: FetchedPackage[];
   initrdPackages: FetchedPackage[];
+  epoch?: number;
 }
 
 export interface BuiltTrees {
@@ -71,6 +73,8 @@ export async function buildTrees(inp: TreeInputs): Promise<BuiltTrees> {
   }
 
   for (const o of inp.overlays) await addOverlayFiles(root, o);
+  // The update agent's configuration and the release repository's root keys the image trusts.
+  if (inp.overlays.some((o) => o.name === 'ota-agent')) await addUpdateConfig(root, { spec, specFile: inp.specFile, board, epoch: inp.epoch });
   await addSpecFiles(root, spec, inp.specFile);
   return { root, initrd };
 }

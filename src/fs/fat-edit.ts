@@ -497,9 +497,14 @@ export class FatVolume {
     let done = 0;
     for (const run of runs(clusters)) {
       const bytes = run.count * this.g.clusterSize;
-      const chunk = Buffer.alloc(bytes);
-      data.copy(chunk, 0, done, Math.min(done + bytes, data.length));
-      for (let o = 0; o < bytes; o += IO_CHUNK) await this.writeBytes(chunk.subarray(o, Math.min(o + IO_CHUNK, bytes)), this.clusterOffset(run.first) + o);
+      // One IO_CHUNK buffer at a time: a whole run can be a kernel (tens of MB) on a device with little RAM.
+      const chunk = Buffer.alloc(Math.min(bytes, IO_CHUNK));
+      for (let o = 0; o < bytes; o += IO_CHUNK) {
+        const n = Math.min(IO_CHUNK, bytes - o);
+        chunk.fill(0, 0, n);
+        data.copy(chunk, 0, Math.min(done + o, data.length), Math.min(done + o + n, data.length));
+        await this.writeBytes(chunk.subarray(0, n), this.clusterOffset(run.first) + o);
+      }
       done += bytes;
     }
     // No flush of its own: the data only has to be durable before an entry points at it, and

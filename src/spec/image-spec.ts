@@ -64,10 +64,25 @@ export const imageSpecSchema = z.strictObject({
   /** Printed on the console when the system is up: tests and `edgekit run --expect` wait for it. */
   marker: z.string().default('edgekit: system ready'),
   cmdline: z.array(z.string()).default([]),
+  /** The update agent (overlays/ota-agent): see docs/updates-agent.md. */
   update: z
     .strictObject({
       server: z.string().optional(),
       channel: z.string().default('stable'),
+      /** The release repository's metadata/root.json (relative to the spec): the keys the image trusts. */
+      root: z.string().optional(),
+      health: z
+        .strictObject({
+          processes: z.array(z.string()).optional(),
+          command: z.string().optional(),
+          server: z.boolean().optional(),
+          timeout: z.number().positive().optional(),
+        })
+        .optional(),
+      /** Bytes an update may download at most. */
+      dataBudget: z.number().int().positive().optional(),
+      /** Seconds between checks for an update. */
+      checkInterval: z.number().int().positive().optional(),
     })
     .optional(),
 });
