@@ -107,15 +107,14 @@ function readJson(req: IncomingMessage): Promise<unknown> {
     }
     const chunks: Buffer[] = [];
     let size = 0;
+    // An oversized body is read to its end and dropped (not kept), so the client gets the 413 answer.
     req.on('data', (c: Buffer) => {
       size += c.length;
-      if (size > MAX_BODY) {
-        reject(new FleetError(413, `request body over ${MAX_BODY} bytes`));
-        req.destroy();
-      } else chunks.push(c);
+      if (size <= MAX_BODY) chunks.push(c);
     });
     req.on('error', () => reject(new FleetError(400, 'request body not received')));
     req.on('end', () => {
+      if (size > MAX_BODY) return reject(new FleetError(413, `request body over ${MAX_BODY} bytes`));
       try {
         resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')));
       } catch (err) {

@@ -172,9 +172,9 @@ export class FleetService {
     actor: Actor,
     o: { version: string; channel: string; filter?: Partial<RolloutFilter>; stages: RolloutStage[]; maxFailureRatio: number; minSuccessRatio: number },
   ): Promise<RolloutStatus> {
-    if (!(await this.store.getRelease(o.channel, o.version))) throw new FleetError(404, `no release ${o.version} in channel ${o.channel}`);
     const problem = stagesProblem(o.stages);
     if (problem) throw new FleetError(400, `stages: ${problem}`);
+    if (!(await this.store.getRelease(o.channel, o.version))) throw new FleetError(404, `no release ${o.version} in channel ${o.channel}`);
     const active = await this.store.listRollouts({ channel: o.channel, states: ['running', 'paused'] });
     if (active.length) throw new FleetError(409, `channel ${o.channel} already has rollout ${active[0].id} (${active[0].state}): abort it first`);
     const r: RolloutRow = {
