@@ -28,7 +28,7 @@ describe('update agent under QEMU', () => {
   let images: { v1: string; v2: string; v3: string; v1Manifest: string };
 
   beforeAll(async () => {
-    repo = await agentRepo();
+    repo = await agentRepo('e2e');
     const port = await freePort();
     server = await startAgentServer(repo.repo, { port });
     const url = `http://10.0.2.2:${port}`;

@@ -8,8 +8,8 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { REPO, builtImage, edgekit, testDir, type BuiltImage } from './built-images.js';
-import { agentConfigFor, agentConfigText, type UpdateSection } from '../../src/build/update-config.js';
-import { loadBoard } from '../../src/spec/board.js';
+import { stringify } from 'yaml';
+import type { UpdateSection } from '../../src/build/update-config.js';
 
 export interface AgentRepo {
   repo: string;
@@ -17,10 +17,13 @@ export interface AgentRepo {
   root: string;
 }
 
-/** A release repository for the run (made once), with one key per role. */
-export async function agentRepo(): Promise<AgentRepo> {
-  const repo = join(testDir(), 'agent-repo');
-  const keys = join(testDir(), 'agent-keys');
+/**
+ * A release repository for the run (made once per name), with one key per role. Each test file
+ * takes its own name: files publish the same version numbers with different images.
+ */
+export async function agentRepo(name: string): Promise<AgentRepo> {
+  const repo = join(testDir(), `${name}-repo`);
+  const keys = join(testDir(), `${name}-keys`);
   if (!existsSync(join(repo, 'metadata', 'root.json'))) {
     const r = await edgekit(['repo', 'init', repo, '--keys', keys]);
     if (r.code !== 0) throw new Error(`repo init: ${r.stderr}`);
@@ -47,10 +50,9 @@ export interface AgentImageOptions {
 /** gateway.yml + nodejs + ota-agent, at `version`, updating from `server`. */
 export async function agentImage(repo: AgentRepo, o: AgentImageOptions): Promise<BuiltImage> {
   bundleAgent();
-  const board = loadBoard('qemu-x86_64').value;
   const base = readFileSync(join(REPO, 'examples', 'gateway.yml'), 'utf8');
-  const update: UpdateSection = { server: o.server, channel: 'stable', health: o.health, checkInterval: o.checkInterval ?? 15 };
-  const config = agentConfigText(agentConfigFor({ name: 'gateway', version: o.version, update }, board));
+  // The builder writes update.json and root.json itself from the spec's update: section.
+  const update: UpdateSection = { server: o.server, channel: 'stable', root: repo.root, checkInterval: o.checkInterval ?? 15, ...(o.health ? { health: o.health } : {}) };
   let spec = base
     .replace(/^version: .*$/m, `version: "${o.version}"`)
     .replace(/^hostname: .*$/m, `hostname: ${o.hostname ?? `gateway-${o.version.replace(/\W/g, '-')}`}`)
@@ -58,17 +60,7 @@ export async function agentImage(repo: AgentRepo, o: AgentImageOptions): Promise
     .replace(/^ {2}# - ota-agent.*$/m, '  - ota-agent')
     .replace(/^update:\n {2}channel: stable\n?/m, '');
   if (spec === base || /update:/.test(spec.replace(/^#.*$/gm, ''))) throw new Error('gateway.yml changed shape: adjust test/helpers/ota-agent-images.ts');
-  spec += [
-    'update:',
-    `  server: ${JSON.stringify(o.server)}`,
-    '  channel: stable',
-    'files:',
-    '  - path: /etc/edgekit/update.json',
-    `    content: ${JSON.stringify(config)}`,
-    '  - path: /etc/edgekit/root.json',
-    `    source: ${JSON.stringify(repo.root)}`,
-    '',
-  ].join('\n');
+  spec += stringify({ update });
   const dir = join(testDir(), 'specs', `agent-${o.version}-${createTag(o)}`);
   mkdirSync(dir, { recursive: true });
   const path = join(dir, 'gateway.yml');
