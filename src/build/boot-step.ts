@@ -3,6 +3,7 @@
  * UEFI boards get systemd-boot on an ESP; Raspberry Pi boards get the Pi firmware, U-Boot and its
  * A/B script (see src/boot/).
  */
+import { stat } from 'node:fs/promises';
 import { entryConf, entryFileName, loaderConf } from '../boot/systemd-boot.js';
 import type { SlotBoot } from '../image/manifest.js';
 import type { Board } from '../spec/board.js';
@@ -34,7 +35,7 @@ export async function bootPartitionTree(b: BootInputs): Promise<BootPartition> {
   const tree = new Tree();
   // The kernel goes in unchanged: byte-identical to the package's.
   tree.add({ path: b.slotA.kernel, type: 'file', mode: 0o644, uid: 0, gid: 0, content: { kind: 'file', path: b.kp.image.file, size: b.kp.image.size } });
-  const { size } = await import('node:fs/promises').then((fs) => fs.stat(b.initrdPath));
+  const { size } = await stat(b.initrdPath);
   tree.add({ path: b.slotA.initrd, type: 'file', mode: 0o644, uid: 0, gid: 0, content: { kind: 'file', path: b.initrdPath, size } });
   const kernelSha256 = await sha256OfFile(b.kp.image.file);
 

@@ -4,17 +4,15 @@
  * Every byte is written by edgekit itself (no root, no mount, no loop device), into a temporary
  * folder; the outputs are renamed into place only when all of them are complete.
  */
-import { existsSync } from 'node:fs';
+import type { KeyObject } from 'node:crypto';
 import { mkdir, mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
-import { loadBoard, type Board } from '../spec/board.js';
-import { loadImageSpec, type ImageSpec } from '../spec/image-spec.js';
-import { loadKernel } from '../spec/kernel.js';
-import { loadOverlay } from '../spec/overlay.js';
+import type { Board } from '../spec/board.js';
+import type { ImageSpec } from '../spec/image-spec.js';
 import { loadPrivateKey } from '../sign/keys.js';
 import { signDocument } from '../sign/signed.js';
-import { planLayout, type LayoutPlan } from '../image/layout.js';
+import type { LayoutPlan } from '../image/layout.js';
 import { assembleImage, type PayloadFile } from '../image/assemble.js';
 import { formatBmap, mappedBlocks } from '../image/bmap.js';
 import { MANIFEST_FORMAT, type ImageManifest, type SlotBoot } from '../image/manifest.js';
@@ -25,9 +23,9 @@ import { writeFat } from '../fs/fat.js';
 import { Tree } from '../tree/tree.js';
 import { EdgekitError } from '../util/errors.js';
 import { noProgress, type Progress } from '../util/progress.js';
-import { fetchPackages, groupNames, openBuildArchive, type PackageSet } from './packages-step.js';
-import { kernelParts, type KernelParts } from './kernel-step.js';
-import { buildTrees } from './trees.js';
+import type { PackageSet } from './packages-step.js';
+import type { KernelParts } from './kernel-step.js';
+import { prepareTrees } from './prepare-trees.js';
 import { bootPartitionTree } from './boot-step.js';
 import { stableBytes, stableUint32 } from './ids.js';
 import { formatLock, LOCK_FORMAT, readLock, type BuildLock } from './lock.js';
@@ -67,44 +65,29 @@ export interface BuildResult {
 export async function build(opts: BuildOptions): Promise<BuildResult> {
   const progress = opts.progress ?? noProgress;
   const epoch = opts.sourceDateEpoch ?? epochFromEnv();
-  // Everything a user can get wrong is checked before any download.
-  const specLoaded = loadImageSpec(opts.spec);
-  const spec = specLoaded.value;
-  const board = loadBoardFor(opts.board, opts.boardsDir);
-  const kernelId = spec.kernel ?? board.kernel;
-  const kernel = loadKernel(kernelId).value;
-  if (kernel.arch !== board.arch) throw new EdgekitError(`kernel ${kernelId} is for ${kernel.arch}, board ${board.id} is ${board.arch}`);
-  for (const limit of board.limits) {
-    if (limit.when === 'root-on-disk' && spec.root === 'disk') throw new EdgekitError(`${opts.spec}: board ${board.id}: ${limit.message}`);
-  }
-  const key = await loadPrivateKey(opts.key);
-  const overlays = spec.overlays.map((name) => loadOverlay(name));
   const lock = opts.lock ? await readLock(opts.lock) : undefined;
-  const plan = planLayout(board, spec.root);
-
-  const archive = await openBuildArchive(spec, opts.spec, board, opts.mirror, opts.offline);
-  const names = groupNames(spec, board, kernel, overlays.flatMap((o) => o.packages));
-  const pkgs = await fetchPackages(archive, names, lock, progress);
-  const kp = await kernelParts(pkgs.groups.kernel);
-
-  progress({ phase: 'assemble', detail: 'root tree' });
-  const trees = await buildTrees({
-    spec, specFile: opts.spec, board, kernel, kernelParts: kp, overlays, plan,
-    rootPackages: pkgs.groups.root, initrdPackages: pkgs.groups.initrd, epoch,
+  let key: KeyObject | undefined;
+  const { spec, board, kernel, plan, pkgs, kp, trees } = await prepareTrees({
+    spec: opts.spec,
+    board: opts.board,
+    boardsDir: opts.boardsDir,
+    mirror: opts.mirror,
+    lock,
+    offline: opts.offline,
+    epoch,
+    progress,
+    beforeDownload: async () => {
+      key = await loadPrivateKey(opts.key);
+    },
   });
 
   await mkdir(opts.outDir, { recursive: true });
   const work = await mkdtemp(join(opts.outDir, '.build-'));
   try {
-    return await writeOutputs({ opts, spec, board, kernelId, kernelCmdline: kernel.cmdline, plan, pkgs, kp, trees, work, epoch, key, progress });
+    return await writeOutputs({ opts, spec, board, kernelCmdline: kernel.cmdline, plan, pkgs, kp, trees, work, epoch, key: key!, progress });
   } finally {
     await rm(work, { recursive: true, force: true });
   }
-}
-
-function loadBoardFor(idOrFile: string, boardsDir?: string): Board {
-  if (boardsDir && existsSync(join(boardsDir, `${idOrFile}.yml`))) return loadBoard(join(boardsDir, `${idOrFile}.yml`)).value;
-  return loadBoard(idOrFile).value;
 }
 
 function epochFromEnv(): number {
@@ -118,7 +101,6 @@ interface OutputInputs {
   opts: BuildOptions;
   spec: ImageSpec;
   board: Board;
-  kernelId: string;
   kernelCmdline: string[];
   plan: LayoutPlan;
   pkgs: PackageSet;
@@ -126,7 +108,7 @@ interface OutputInputs {
   trees: { root: Tree; initrd: Tree };
   work: string;
   epoch: number;
-  key: Awaited<ReturnType<typeof loadPrivateKey>>;
+  key: KeyObject;
   progress: Progress;
 }
 

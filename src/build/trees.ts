@@ -2,6 +2,7 @@
  * The trees of a build: the root filesystem (from the root packages, overlays, the spec's files and
  * generated configuration) and, for a root on disk, the small first-stage initramfs.
  */
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, resolve as resolvePath } from 'node:path';
 import type { Board } from '../spec/board.js';
@@ -109,7 +110,6 @@ async function addBusyboxLinks(tree: Tree, where: string): Promise<void> {
 }
 
 async function addOverlayFiles(tree: Tree, o: Overlay): Promise<void> {
-  const { existsSync } = await import('node:fs');
   const files = `${o.dir}/files`;
   if (existsSync(files)) await addHostFolder(tree, files);
 }
