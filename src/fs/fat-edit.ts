@@ -16,7 +16,7 @@
 import { EdgekitError } from '../util/errors.js';
 import { ATTR_ARCHIVE, ATTR_DIRECTORY, ATTR_LONG_NAME, ATTR_VOLUME_ID, DIRENT_SIZE, dosTimestamp, shortEntry } from './fat-dirent.js';
 import { FAT16_MIN_CLUSTERS, FAT32_MIN_CLUSTERS } from './fat-geometry.js';
-import { LFN_CHAR_OFFSETS, ShortNameAllocator, checkLongName, isExactShortName, longNameEntries, packShortName, shortNameChecksum } from './fat-names.js';
+import { ShortNameAllocator, lfnChars, checkLongName, isExactShortName, longNameEntries, packShortName, shortNameChecksum } from './fat-names.js';
 import { parseBpb } from './fat-reader.js';
 
 /** Positioned, flushable byte storage: a disk, a partition of one, or a simulated device. */
@@ -692,15 +692,6 @@ function parseSets(raw: Buffer, fat32: boolean): { sets: DirSet[]; orphans: numb
   return { sets, orphans };
 }
 
-function lfnChars(raw: Buffer, o: number): string {
-  let s = '';
-  for (const off of LFN_CHAR_OFFSETS) {
-    const u = raw.readUInt16LE(o + off);
-    if (u === 0x0000 || u === 0xffff) break;
-    s += String.fromCharCode(u);
-  }
-  return s;
-}
 
 /** A stored 8.3 name as text ("EDGEKI~1.CON"); NT case bits lower-case it when given. */
 function shortDisplay(short: Buffer, ntCase = 0): string {

@@ -124,3 +124,14 @@ export function longNameEntries(name: string, short: Buffer): Buffer[] {
   }
   return entries;
 }
+
+/** The characters of one long-name directory entry at byte `o` of `raw` (up to the NUL or padding). */
+export function lfnChars(raw: Buffer, o: number): string {
+  let s = '';
+  for (const off of LFN_CHAR_OFFSETS) {
+    const u = raw.readUInt16LE(o + off);
+    if (u === 0x0000 || u === 0xffff) break;
+    s += String.fromCharCode(u);
+  }
+  return s;
+}

@@ -6,7 +6,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { EdgekitError } from '../util/errors.js';
 import { ATTR_DIRECTORY, ATTR_LONG_NAME, ATTR_VOLUME_ID, DIRENT_SIZE } from './fat-dirent.js';
-import { LFN_CHAR_OFFSETS, shortNameChecksum } from './fat-names.js';
+import { lfnChars, shortNameChecksum } from './fat-names.js';
 import { FAT16_MIN_CLUSTERS, FAT32_MIN_CLUSTERS } from './fat-geometry.js';
 
 export type FatReaderType = 'fat12' | 'fat16' | 'fat32';
@@ -246,15 +246,6 @@ export class FatReader {
   }
 }
 
-function lfnChars(raw: Buffer, o: number): string {
-  let s = '';
-  for (const off of LFN_CHAR_OFFSETS) {
-    const u = raw.readUInt16LE(o + off);
-    if (u === 0x0000 || u === 0xffff) break;
-    s += String.fromCharCode(u);
-  }
-  return s;
-}
 
 /** A short name as text; NT's case bits (0x08 base, 0x10 extension) ask for lower case. */
 function displayShortName(short: Buffer, ntCase: number): { upper: string; display: string } {
