@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
+import type { BuildResult } from '../../src/build/build.js';
 
 const run = promisify(execFile);
 export const REPO = resolve(fileURLToPath(new URL('../..', import.meta.url)));
@@ -25,15 +26,8 @@ export async function testKey(): Promise<{ key: string; pub: string }> {
   return { key, pub: `${key}.pub` };
 }
 
-export interface BuiltImage {
-  image: string;
-  bmap: string;
-  manifest: string;
-  lock: string;
-  sbom: string;
-  zst?: string;
-  size: number;
-  mappedBytes: number;
+/** What `edgekit build --json` prints (the build result without the manifest), plus the key pair. */
+export interface BuiltImage extends Omit<BuildResult, 'manifestDoc'> {
   key: string;
   pub: string;
 }
