@@ -184,7 +184,7 @@ mkdir -p /data/var/lib
 if dev=$(partition_dev config); then
   mount -t vfat -o ro,nosuid,nodev,noexec,fmask=0177,dmask=0077 "$dev" /config 2>/dev/null
 fi
-hostname=$(tr -d '\\r\\n' < /config/hostname 2>/dev/null)
+hostname=$(cat /config/hostname 2>/dev/null | tr -d '\\r\\n')
 [ -n "$hostname" ] || hostname=$(cat /etc/hostname)
 hostname "$hostname"
 log "hostname $hostname"
