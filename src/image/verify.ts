@@ -7,7 +7,6 @@
 import { createHash, type KeyObject } from 'node:crypto';
 import { open, type FileHandle } from 'node:fs/promises';
 import { verifyDocument, type SignatureStatus } from '../sign/signed.js';
-import { keyIdOf } from '../sign/keys.js';
 import { verifyVerity } from '../fs/verity.js';
 import { EdgekitError } from '../util/errors.js';
 import type { Progress } from '../util/progress.js';
@@ -76,8 +75,4 @@ async function locate(target: string, m: ImageManifest, name: string): Promise<s
   if (!p?.verity) return undefined;
   const res = await verifyVerity(target, { ...p.verity, offset: p.offset }).catch(() => undefined);
   return res && !res.ok ? res.problem : undefined;
-}
-
-export function describeSignature(s: SignatureStatus, key: KeyObject): string {
-  return s.ok ? `valid (key ${keyIdOf(key).slice(0, 16)})` : `INVALID: ${s.reason}`;
 }
