@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { applyDelta, makeDelta, type DeltaInfo } from '../src/ota/delta/index.js';
 import { EdgekitError } from '../src/util/errors.js';
+import { brotliCompressSync, brotliDecompressSync } from 'node:zlib';
 import { flipByte, releaseTrees, sha256File, writePayload, type Payload } from './helpers/delta-trees.js';
 
 let dir: string;
@@ -22,6 +23,17 @@ function checkWithTools(path: string, p: Payload): void {
   const v = p.verity;
   const ver = tool('veritysetup', ['verify', path, path, v.rootHash, '--no-superblock', `--hash-offset=${v.hashOffset}`, `--salt=${v.salt}`, `--data-blocks=${v.dataBlocks}`]);
   expect(ver.status, ver.out).toBe(0);
+}
+
+/** Copies a delta with its (brotli JSON) header changed by `edit`. */
+function rewriteHeader(from: string, to: string, edit: (h: Record<string, any>) => Record<string, any>): void {
+  const bytes = readFileSync(from);
+  const len = bytes.readUInt32LE(8);
+  const header = JSON.parse(brotliDecompressSync(bytes.subarray(12, 12 + len)).toString());
+  const packed = brotliCompressSync(Buffer.from(JSON.stringify(edit(header))));
+  const lenBuf = Buffer.alloc(4);
+  lenBuf.writeUInt32LE(packed.length);
+  writeFileSync(to, Buffer.concat([bytes.subarray(0, 8), lenBuf, packed, bytes.subarray(12 + len)]));
 }
 
 beforeAll(async () => {
@@ -73,16 +85,33 @@ describe('makeDelta/applyDelta on synthetic releases', () => {
     expect(got[got.length - 1]).toBe(0xee);
   });
 
-  it('works on uncompressed squashfs roots too', async () => {
+  async function roundTrip(compression: 'none' | 'gzip', salt: string) {
     const { v1: t1, v2: t2 } = releaseTrees();
-    const a = await writePayload(t1, join(dir, 'n1.img'), '33'.repeat(32), { compression: 'none' });
-    const b = await writePayload(t2, join(dir, 'n2.img'), '33'.repeat(32), { compression: 'none' });
-    const d = join(dir, 'n.delta');
+    const a = await writePayload(t1, join(dir, `${compression}1.img`), salt, { compression });
+    const b = await writePayload(t2, join(dir, `${compression}2.img`), salt, { compression });
+    const d = join(dir, `${compression}.delta`);
     const i = await makeDelta(a.path, b.path, d, { veritySalt: b.verity.salt });
-    const out = join(dir, 'n-out.img');
+    const out = join(dir, `${compression}-out.img`);
     await applyDelta({ delta: d, activePayload: a.path, out, expectedSha256: b.sha256, expectedSize: b.size });
     expect(sha256File(out)).toBe(b.sha256);
     expect(i.bytes).toBeLessThan(b.size / 10);
+    return { a, b, d, out };
+  }
+
+  it('works on uncompressed squashfs roots too', async () => {
+    await roundTrip('none', '33'.repeat(32));
+  });
+
+  it('gzip roots: applies where the zlib is the publisher\'s, and is refused up front where it is not', async () => {
+    const { a, b, d, out } = await roundTrip('gzip', '44'.repeat(32));
+    // The same delta as published by a host whose zlib differs from this one.
+    const other = join(dir, 'gzip-other-zlib.delta');
+    rewriteHeader(d, other, (h) => ({ ...h, target: { ...h.target, encoder: 'zlib 0.0.0-other level 9' } }));
+    copyFileSync(a.path, out);
+    await expect(applyDelta({ delta: other, activePayload: a.path, out, expectedSha256: b.sha256, expectedSize: b.size })).rejects.toThrow(
+      /rebuilt with zlib 0\.0\.0-other level 9, this device compresses with zlib .* install the full payload/,
+    );
+    expect(sha256File(out)).toBe(a.sha256); // refused before anything was written
   });
 });
 

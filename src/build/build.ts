@@ -133,7 +133,7 @@ async function writeOutputs(x: OutputInputs): Promise<BuildResult> {
   if (spec.root === 'disk') {
     progress({ phase: 'write', detail: 'root filesystem (squashfs)' });
     const rootPath = join(work, 'system-a.img');
-    const sq = await writeSquashfs(x.trees.root, rootPath, { mtime: epoch, compression: 'gzip' });
+    const sq = await writeSquashfs(x.trees.root, rootPath, { mtime: epoch, compression: spec.rootCompression });
     const verity = await appendVerityHashTree(rootPath, { dataSize: sq.size, salt: stableBytes('verity-salt', ...id) });
     const part = plan.partitions.find((p) => p.role === 'system-a')!;
     if (verity.totalSize > part.size) {

@@ -29,7 +29,8 @@ import {
   encodeDeviceInode,
   encodeFifoInode,
 } from './squashfs/layout.js';
-import { MetadataWriter, MetadataPosition, Compression, encodeLookupTable } from './squashfs/metadata.js';
+import { MetadataWriter, MetadataPosition, encodeLookupTable } from './squashfs/metadata.js';
+import { COMPRESSOR_ID, compressorOptions, type Compression } from './squashfs/codec.js';
 import { DataWriter, FragmentPacker } from './squashfs/data.js';
 import { writeListing } from './squashfs/directory.js';
 
@@ -250,7 +251,8 @@ export async function writeSquashfs(tree: Tree, outPath: string, opts: SquashfsO
   await writeAtomic(outPath, async (tmp) => {
     const fh = await open(tmp, 'w+', 0o644);
     try {
-      const data = new DataWriter(fh, SUPERBLOCK_SIZE, o.compression, o.blockSize);
+      const options = compressorOptions(o.compression);
+      const data = new DataWriter(fh, SUPERBLOCK_SIZE + options.length, o.compression, o.blockSize);
       const fragments = o.fragments ? new FragmentPacker(data, o.blockSize) : undefined;
       const files = new Map<string, FileInodeFields>();
       for (const e of entries) if (e.type === 'file') files.set(e.path, await writeFileData(e, data, fragments, o.blockSize));
@@ -290,6 +292,7 @@ export async function writeSquashfs(tree: Tree, outPath: string, opts: SquashfsO
       if (!o.fragments) flags |= Flag.NoFragments;
       if (o.compression === 'none')
         flags |= Flag.UncompressedInodes | Flag.UncompressedData | Flag.UncompressedFragments | Flag.UncompressedIds;
+      if (options.length > 0) flags |= Flag.CompressorOptions;
       const superblock = encodeSuperblock({
         inodeCount: t.inodeCount,
         mtime: o.mtime,
@@ -303,9 +306,10 @@ export async function writeSquashfs(tree: Tree, outPath: string, opts: SquashfsO
         inodeTableStart,
         directoryTableStart,
         fragmentTableStart,
+        compressor: COMPRESSOR_ID[o.compression],
       });
       await fh.writev([t.inodeTable, t.directoryTable, fragTable, idEnc.bytes], dataEnd);
-      await fh.write(superblock, 0, superblock.length, 0);
+      await fh.writev([superblock, options], 0);
       const size = Math.ceil(bytesUsed / PAD_TO) * PAD_TO;
       await fh.truncate(size);
       result = { size, bytesUsed };

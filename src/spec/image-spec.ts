@@ -39,6 +39,12 @@ export const imageSpecSchema = z.strictObject({
     .default({ suite: 'trixie', components: ['main', 'non-free-firmware'] }),
   /** ram: the root is an initramfs in the boot slot. disk: a read-only root slot verified by dm-verity. */
   root: z.enum(['ram', 'disk']).default('ram'),
+  /**
+   * How a disk root's squashfs blocks are compressed. lz4 (edgekit's deterministic encoder): OTA
+   * deltas can rebuild it on the device. gzip: about 25% smaller, but deltas only apply where the
+   * device's zlib is the builder's. none: biggest slots, cheapest deltas. See docs/deltas.md.
+   */
+  rootCompression: z.enum(['lz4', 'gzip', 'none']).default('lz4'),
   /** Kernel entry to use instead of the board's. */
   kernel: z.string().optional(),
   packages: z.array(z.string()).default([]),

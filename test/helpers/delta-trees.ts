@@ -62,7 +62,7 @@ export interface Payload {
 
 /** Writes a tree as a root payload (squashfs + hash tree), as the builder does. */
 export async function writePayload(tree: Tree, path: string, salt: string, opts: Partial<SquashfsOptions> = {}): Promise<Payload> {
-  const sq = await writeSquashfs(tree, path, { mtime: 1_700_000_000, compression: 'gzip', ...opts });
+  const sq = await writeSquashfs(tree, path, { mtime: 1_700_000_000, compression: 'lz4', ...opts });
   const verity = await appendVerityHashTree(path, { dataSize: sq.size, salt: Buffer.from(salt, 'hex') });
   return { path, size: verity.totalSize, sha256: sha256File(path), verity };
 }

@@ -1,21 +1,16 @@
 /**
- * The data area of a squashfs image: file blocks and fragment blocks, compressed on libuv's
- * thread pool with several blocks in flight (so both cores work) and written to disk strictly in
- * submission order, which keeps the output deterministic.
+ * The data area of a squashfs image: file blocks and fragment blocks, compressed with several
+ * blocks in flight (gzip runs on libuv's thread pool, so both cores work) and written to disk
+ * strictly in submission order, which keeps the output deterministic.
  */
-import { deflate } from 'node:zlib';
 import type { FileHandle } from 'node:fs/promises';
 import { DATA_UNCOMPRESSED } from './layout.js';
-import type { Compression } from './metadata.js';
+import { compressAsync, type Compression } from './codec.js';
 
 /** Blocks compressing at once; a few more than the cores so reading overlaps compressing. */
 const IN_FLIGHT = 6;
 /** Written output is gathered into writes of about this size. */
 const WRITE_BATCH = 1 << 20;
-
-function deflateAsync(data: Buffer): Promise<Buffer> {
-  return new Promise((resolve, reject) => deflate(data, { level: 9 }, (err, out) => (err ? reject(err) : resolve(out))));
-}
 
 /** Called once a block has its place: its absolute position and the size word inodes record. */
 export type Placed = (position: number, sizeWord: number) => void;
@@ -56,7 +51,7 @@ export class DataWriter {
    */
   async add(raw: Buffer, placed: Placed, mayBeSparse = true): Promise<void> {
     const sparse = mayBeSparse && raw.equals(this.zeros.subarray(0, raw.length));
-    const packed = sparse || this.compression === 'none' ? Promise.resolve(undefined) : deflateAsync(raw);
+    const packed = sparse ? Promise.resolve(undefined) : compressAsync(this.compression, raw);
     packed.catch(() => undefined); // surfaced when awaited in order
     this.queue.push({ raw: sparse ? Buffer.alloc(0) : raw, packed, placed });
     while (this.queue.length >= IN_FLIGHT) await this.placeOldest();
@@ -76,7 +71,7 @@ export class DataWriter {
       job.placed(this.position, 0);
       return;
     }
-    const useRaw = !packed || packed.length >= job.raw.length;
+    const useRaw = !packed;
     const stored = useRaw ? job.raw : packed;
     job.placed(this.position, useRaw ? stored.length | DATA_UNCOMPRESSED : stored.length);
     this.batch.push(stored);

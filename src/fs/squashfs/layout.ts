@@ -13,7 +13,6 @@ export const DATA_UNCOMPRESSED = 1 << 24;
 export const INVALID_FRAGMENT = 0xffffffff;
 export const INVALID_XATTR = 0xffffffff;
 export const INVALID_TABLE = 0xffffffffffffffffn;
-export const COMPRESSOR_GZIP = 1;
 
 export enum Flag {
   UncompressedInodes = 0x0001,
@@ -21,6 +20,7 @@ export enum Flag {
   UncompressedFragments = 0x0008,
   NoFragments = 0x0010,
   NoXattrs = 0x0200,
+  CompressorOptions = 0x0400,
   UncompressedIds = 0x0800,
 }
 
@@ -49,6 +49,8 @@ export interface Superblock {
   inodeTableStart: number;
   directoryTableStart: number;
   fragmentTableStart: number;
+  /** squashfs_fs.h's compression id. */
+  compressor: number;
 }
 
 export function encodeSuperblock(s: Superblock): Buffer {
@@ -58,7 +60,7 @@ export function encodeSuperblock(s: Superblock): Buffer {
   b.writeUInt32LE(s.mtime, 8);
   b.writeUInt32LE(s.blockSize, 12);
   b.writeUInt32LE(s.fragmentCount, 16);
-  b.writeUInt16LE(COMPRESSOR_GZIP, 20);
+  b.writeUInt16LE(s.compressor, 20);
   b.writeUInt16LE(Math.log2(s.blockSize), 22);
   b.writeUInt16LE(s.flags, 24);
   b.writeUInt16LE(s.idCount, 26);

@@ -7,10 +7,10 @@
  * offset within the uncompressed block). The block being filled always starts where the finished
  * ones end, so a position can be resolved as soon as its bytes are appended.
  */
-import { deflateSync } from 'node:zlib';
 import { METADATA_SIZE, METADATA_UNCOMPRESSED } from './layout.js';
+import { compressSync, type Compression } from './codec.js';
 
-export type Compression = 'gzip' | 'none';
+export type { Compression };
 
 export interface MetadataPosition {
   /** Table-relative byte offset of the metadata block on disk. */
@@ -59,8 +59,8 @@ export class MetadataWriter {
 
   private flushBlock(): void {
     const raw = this.current.subarray(0, this.currentLength);
-    const packed = this.compression === 'gzip' ? deflateSync(raw, { level: 9 }) : undefined;
-    const stored = packed && packed.length < raw.length ? packed : Buffer.from(raw);
+    const packed = compressSync(this.compression, raw);
+    const stored = packed ?? Buffer.from(raw);
     const head = Buffer.alloc(2);
     head.writeUInt16LE(stored === packed ? stored.length : stored.length | METADATA_UNCOMPRESSED);
     this.blockStarts.push(this.finishedBytes);

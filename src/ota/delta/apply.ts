@@ -19,7 +19,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline, type Readable } from 'node:stream';
 import { pipeline as pipelineAsync } from 'node:stream/promises';
-import { brotliDecompressSync, createBrotliDecompress, deflate, inflateSync } from 'node:zlib';
+import { brotliDecompressSync, createBrotliDecompress, deflate } from 'node:zlib';
+import { decompressBlock, encoderOf } from '../../fs/squashfs/codec.js';
+import { lz4Bound, lz4Compress } from '../../fs/squashfs/lz4.js';
 import { crc32 } from '../../util/crc32.js';
 import { EdgekitError } from '../../util/errors.js';
 import { ByteReader, DeltaFormatError, FORMAT, MAGIC, Op, type DeltaHeader, type DeltaSource } from './format.js';
@@ -44,6 +46,8 @@ const IN_FLIGHT = 4;
 const CHUNK = 1 << 20;
 const MAX_HEADER = 64 << 20;
 const MAX_BLOCK = 1 << 20;
+const CACHED_BLOCKS = 16;
+const COMPRESSIONS = new Set(['gzip', 'lz4', 'none']);
 
 const slotPath = (t: SlotTarget) => (typeof t === 'string' ? t : t.path);
 const slotOffset = (t: SlotTarget) => (typeof t === 'string' ? 0 : (t.offset ?? 0));
@@ -60,7 +64,9 @@ async function readExact(fh: FileHandle, buf: Buffer, pos: number, what: string)
 
 /** Uncompressed bytes of old files, read from the active slot block by block. */
 class OldFiles {
-  private cache = new Map<number, Buffer>();
+  /** Recently decoded blocks by offset, oldest first; each lives in one of a few reused buffers. */
+  private readonly cache = new Map<number, { data: Buffer; buf: Buffer }>();
+  private readonly storedBuf = Buffer.allocUnsafe(MAX_BLOCK);
 
   constructor(
     private readonly fh: FileHandle,
@@ -71,17 +77,25 @@ class OldFiles {
 
   private async block(offset: number, sizeWord: number, rawLength: number): Promise<Buffer> {
     const hit = this.cache.get(offset);
-    if (hit) return hit;
+    if (hit) return hit.data;
+    let buf: Buffer;
+    if (this.cache.size >= CACHED_BLOCKS) {
+      const [oldest, entry] = this.cache.entries().next().value!;
+      this.cache.delete(oldest);
+      buf = entry.buf;
+    } else buf = Buffer.allocUnsafe(this.header.source.blockSize);
     let data: Buffer;
-    if (sizeWord === 0) data = Buffer.alloc(rawLength);
+    if (sizeWord === 0) data = buf.subarray(0, rawLength).fill(0);
     else {
       const len = sizeWord & ~DATA_RAW;
       if (len > MAX_BLOCK) throw new DeltaFormatError(`a source block of ${len} bytes`);
-      const stored = await readExact(this.fh, Buffer.allocUnsafe(len), this.base + offset, this.where);
-      data = sizeWord & DATA_RAW || !this.header.sourceCompressed ? stored : inflateSync(stored);
+      if (sizeWord & DATA_RAW) data = await readExact(this.fh, buf.subarray(0, len), this.base + offset, this.where);
+      else {
+        const stored = await readExact(this.fh, this.storedBuf.subarray(0, len), this.base + offset, this.where);
+        data = decompressBlock(this.header.source.codec, stored, rawLength, buf);
+      }
     }
-    if (this.cache.size >= 16) this.cache.delete(this.cache.keys().next().value!);
-    this.cache.set(offset, data);
+    this.cache.set(offset, { data, buf });
     return data;
   }
 
@@ -93,7 +107,7 @@ class OldFiles {
   async read(src: number, off: number, len: number, into: Buffer, at: number): Promise<void> {
     const s: DeltaSource | undefined = this.header.sources[src];
     if (!s || off + len > s.size) throw new DeltaFormatError(`piece ${src}:${off}+${len} is outside its source`);
-    const bs = this.header.sourceBlockSize;
+    const bs = this.header.source.blockSize;
     while (len > 0) {
       const k = Math.floor(off / bs);
       let data: Buffer, inner: number;
@@ -174,8 +188,12 @@ class Ordered {
   }
 }
 
-function deflateAsync(data: Buffer, level: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => deflate(data, { level }, (err, out) => (err ? reject(err) : resolve(out))));
+function deflateAsync(data: Buffer): Promise<Buffer> {
+  return new Promise((resolve, reject) => deflate(data, { level: 9 }, (err, out) => (err ? reject(err) : resolve(out))));
+}
+
+function compressInto(raw: Buffer, into: Buffer): Buffer {
+  return into.subarray(0, lz4Compress(raw, into));
 }
 
 function streamOf(path: string, start: number, length: number): AsyncIterator<Buffer> {
@@ -199,6 +217,8 @@ async function readHeader(path: string): Promise<{ header: DeltaHeader; bodyStar
     const packed = await readExact(fh, Buffer.alloc(len), 12, `delta ${path}`);
     const header = JSON.parse(brotliDecompressSync(packed).toString('utf8')) as DeltaHeader;
     if (header.format !== FORMAT) throw new DeltaFormatError(`format ${String(header.format)} is not ${FORMAT}`);
+    if (!COMPRESSIONS.has(header.target?.compression) || !COMPRESSIONS.has(header.source?.codec) || !(header.source.blockSize <= MAX_BLOCK))
+      throw new DeltaFormatError('header names an unknown compression or block size');
     const s = header.streams;
     if (12 + len + s.ops + s.add + s.literal !== size) throw new DeltaFormatError(`is ${size} bytes, its header describes ${12 + len + s.ops + s.add + s.literal}`);
     return { header, bodyStart: 12 + len, size };
@@ -241,6 +261,9 @@ export async function applyDelta(opts: ApplyDeltaOptions): Promise<void> {
   };
 
   const { header, bodyStart } = await readHeader(deltaPath).catch(corrupt);
+  const mine = encoderOf(header.target.compression);
+  if (header.target.encoder !== mine)
+    throw new EdgekitError(`delta ${deltaPath}: its blocks are rebuilt with ${header.target.encoder}, this device compresses with ${mine}: install the full payload`);
   if (header.to.sha256 !== opts.expectedSha256.toLowerCase() || header.to.size !== opts.expectedSize)
     throw new EdgekitError(`delta ${deltaPath} builds ${header.to.sha256} (${header.to.size} bytes), not the expected target ${opts.expectedSha256} (${opts.expectedSize} bytes)`);
 
@@ -298,6 +321,7 @@ async function run(path: string, bodyStart: number, header: DeltaHeader, old: Ol
   const readEnd = new Map<number, number>(); // where the last piece read from each source ended
   const scratch = Buffer.allocUnsafe(CHUNK);
   const rawRing = Array.from({ length: IN_FLIGHT + 1 }, () => Buffer.allocUnsafe(MAX_BLOCK));
+  const lz4Out = Buffer.allocUnsafe(lz4Bound(MAX_BLOCK));
   let ringAt = 0;
   const plan = (n: number) => {
     planned += n;
@@ -370,16 +394,15 @@ async function run(path: string, bodyStart: number, header: DeltaHeader, old: Ol
           } else throw new DeltaFormatError(`unknown piece ${piece}`);
         }
         const where = planned - storedLen;
-        const stored = rawStored ? Promise.resolve(raw) : deflateAsync(raw, header.deflate.level);
-        await ordered.push(
-          stored.then((b) => {
-            if (b.length !== storedLen || crc32(b) !== crc)
-              throw new EdgekitError(
-                `delta: the block at byte ${where} of the target does not rebuild (this device's zlib ${process.versions.zlib}, the publisher's ${header.deflate.zlib}, or a corrupt delta): install the full image`,
-              );
-            return b;
-          }),
-        );
+        const check = (b: Buffer): Buffer => {
+          if (b.length !== storedLen || crc32(b) !== crc) throw new DeltaFormatError(`the block at byte ${where} of the target does not rebuild`);
+          return b;
+        };
+        if (rawStored || header.target.compression !== 'gzip') {
+          // LZ4 runs here and now into one reused buffer (SlotWriter copies what it is given).
+          await ordered.drain();
+          await out.write(check(rawStored ? raw : compressInto(raw, lz4Out)));
+        } else await ordered.push(deflateAsync(raw).then(check));
         break;
       }
       case Op.Verity: {

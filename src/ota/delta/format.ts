@@ -8,8 +8,9 @@
  *   COPY   off len          stored bytes of the active payload, verbatim (unchanged file blocks)
  *   LIT    len              bytes from the literal stream (superblock, inode and directory tables)
  *   BLOCK  raw stored crc   one data or fragment block: its uncompressed bytes come from a recipe
- *                           of RCOPY/RADD/RLIT pieces, then it is deflated on the device and must
- *                           come out as exactly `stored` bytes with CRC-32 `crc`
+ *                           of RCOPY/RADD/RLIT pieces, then the device compresses it with the
+ *                           encoder the header names and must get exactly `stored` bytes with
+ *                           CRC-32 `crc`
  *   VERITY                  the dm-verity hash tree of everything written so far (header.verity)
  *   END
  * Recipe pieces read uncompressed bytes of an old file ("source", listed in the header by where
@@ -18,8 +19,11 @@
  * add-stream bytes to them (bsdiff's differences); RLIT len takes literal-stream bytes.
  * Separate streams keep alike bytes together, which is what makes them compress.
  */
+import type { Compression } from '../../fs/squashfs/codec.js';
+
 export const MAGIC = 'EKDELTA1';
-export const FORMAT = 'edgekit-delta/1';
+
+export const FORMAT = 'edgekit-delta/2';
 
 export enum Op {
   End = 0,
@@ -44,12 +48,14 @@ export interface DeltaHeader {
   format: typeof FORMAT;
   from: { size: number; sha256: string };
   to: { size: number; sha256: string };
-  /** Data blocks are rebuilt with deflate at this level; `zlib` is the publisher's version. */
-  deflate: { level: number; zlib: string };
-  /** Block size of the active payload's squashfs (sources' blocks). */
-  sourceBlockSize: number;
-  /** Whether the active payload's data blocks are compressed at all. */
-  sourceCompressed: boolean;
+  /**
+   * How rebuilt blocks are compressed: the target's compression, and the exact encoder that made
+   * its blocks (codec.ts ENCODER; for gzip, with the publisher's zlib version). The device refuses
+   * a delta whose encoder it does not run bit for bit, before writing anything.
+   */
+  target: { compression: Compression; encoder: string };
+  /** The active payload's squashfs: block size and the codec of its compressed blocks. */
+  source: { blockSize: number; codec: Compression };
   sources: DeltaSource[];
   verity?: { salt: string; dataSize: number };
   streams: { ops: number; add: number; literal: number };

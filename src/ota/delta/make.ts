@@ -6,14 +6,15 @@
  *    from the device's active slot: unchanged files cost a few bytes each;
  *  - any other data or fragment block is rebuilt on the device from its uncompressed bytes, which
  *    come from the old file at the same path (bsdiff per file, so memory stays bounded by the
- *    largest file) or, for a new file, from the literal stream; the device deflates it and must get
- *    the target's stored bytes exactly. Before choosing that, we deflate it here the same way: a
- *    block our deflate does not reproduce is sent as stored bytes instead;
+ *    largest file) or, for a new file, from the literal stream; the device compresses it and must
+ *    get the target's stored bytes exactly. Before choosing that, we compress it here the same way:
+ *    a block our encoder does not reproduce is sent as stored bytes instead;
  *  - metadata tables and the superblock are sent as they are; the dm-verity tree is recomputed.
  */
 import { createHash } from 'node:crypto';
 import { open, stat } from 'node:fs/promises';
-import { deflateSync, brotliCompressSync, constants as zc } from 'node:zlib';
+import { brotliCompressSync, constants as zc } from 'node:zlib';
+import { compressSync, encoderOf } from '../../fs/squashfs/codec.js';
 import { writeAtomic } from '../../util/atomic.js';
 import { crc32 } from '../../util/crc32.js';
 import { EdgekitError } from '../../util/errors.js';
@@ -40,15 +41,13 @@ export interface DeltaInfo {
   /** Target blocks rebuilt on the device, and their stored size. */
   rebuiltBlocks: number;
   rebuiltBytes: number;
-  /** Target bytes sent as they are (metadata, and blocks our deflate does not reproduce). */
+  /** Target bytes sent as they are (metadata, and blocks our encoder does not reproduce). */
   literalBytes: number;
   changedFiles: number;
   newFiles: number;
   verityRecomputed: boolean;
   streams: { ops: number; add: number; literal: number };
 }
-
-const DEFLATE_LEVEL = 9;
 
 /** A file's new bytes as pieces over its range: from an old file, old + differences, or literal. */
 type Piece =
@@ -288,8 +287,8 @@ export async function makeDelta(fromPayload: string, toPayload: string, out: str
           pieces = slice(recipes.get(f)!, start, end);
         }
         const stored = await newC.stored(t);
-        const rawStored = (t.sizeWord & DATA_RAW) !== 0 || !newImg.compressed;
-        if (!(rawStored ? raw.equals(stored) : deflateSync(raw, { level: DEFLATE_LEVEL }).equals(stored))) {
+        const rawStored = (t.sizeWord & DATA_RAW) !== 0;
+        if (!(rawStored ? raw.equals(stored) : compressSync(newImg.codec, raw)?.equals(stored))) {
           await literal(t.offset + len);
           continue;
         }
@@ -354,9 +353,8 @@ export async function makeDelta(fromPayload: string, toPayload: string, out: str
       info.streams = { ops: streams[0].length, add: streams[1].length, literal: streams[2].length };
       const header: DeltaHeader = {
         format: FORMAT, from, to,
-        deflate: { level: DEFLATE_LEVEL, zlib: process.versions.zlib },
-        sourceBlockSize: oldImg.blockSize,
-        sourceCompressed: oldImg.compressed,
+        target: { compression: newImg.compression, encoder: encoderOf(newImg.compression) },
+        source: { blockSize: oldImg.blockSize, codec: oldImg.codec },
         sources: sourceList,
         ...(verity ? { verity } : {}),
         streams: info.streams,

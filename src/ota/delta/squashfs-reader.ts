@@ -2,10 +2,10 @@
  * Publisher-side squashfs 4.0 reader: just enough of the format to plan a delta. It lists every
  * regular file with where its data blocks and tail fragment sit in the image, and reads a file's
  * bytes back. Metadata (inode and directory tables) is small and read whole; file data is read per
- * block. Only gzip (or uncompressed) images, which is what edgekit's writer makes.
+ * block. gzip, lz4 and uncompressed images, which is what edgekit's writer makes.
  */
 import { open, type FileHandle } from 'node:fs/promises';
-import { inflateSync } from 'node:zlib';
+import { compressionOf, decompressBlock, type Compression } from '../../fs/squashfs/codec.js';
 import { EdgekitError } from '../../util/errors.js';
 
 const MAGIC = 0x73717368;
@@ -33,7 +33,10 @@ export interface SquashFile {
 export interface SquashImage {
   path: string;
   blockSize: number;
-  compressed: boolean;
+  /** How its data blocks are compressed ('none': every block stored raw). */
+  compression: Compression;
+  /** The codec of blocks marked compressed (metadata too): gzip or lz4. */
+  codec: Compression;
   /** End of the filesystem (superblock's bytes_used). */
   bytesUsed: number;
   inodeTableStart: number;
@@ -57,7 +60,7 @@ async function readAt(fh: FileHandle, pos: number, len: number): Promise<Buffer>
 }
 
 /** A whole metadata table, uncompressed, and where each stored block's bytes begin in it. */
-function readMetadata(bytes: Buffer, compressed: boolean): { data: Buffer; at: Map<number, number> } {
+function readMetadata(bytes: Buffer, codec: Compression): { data: Buffer; at: Map<number, number> } {
   const parts: Buffer[] = [];
   const at = new Map<number, number>();
   let pos = 0;
@@ -66,7 +69,7 @@ function readMetadata(bytes: Buffer, compressed: boolean): { data: Buffer; at: M
     const head = bytes.readUInt16LE(pos);
     const len = head & ~META_RAW;
     const body = bytes.subarray(pos + 2, pos + 2 + len);
-    const raw = head & META_RAW || !compressed ? body : inflateSync(body);
+    const raw = head & META_RAW ? body : decompressBlock(codec, body, META);
     at.set(pos, out);
     parts.push(raw);
     out += raw.length;
@@ -83,12 +86,17 @@ export async function readSquashfs(path: string): Promise<SquashImage> {
   try {
     const sb = await readAt(fh, 0, 96);
     if (sb.readUInt32LE(0) !== MAGIC) throw new EdgekitError(`${path}: not a squashfs image`);
-    const compressor = sb.readUInt16LE(20);
-    if (compressor !== 1) throw new EdgekitError(`${path}: squashfs compressor ${compressor} is not gzip`);
     const blockSize = sb.readUInt32LE(12);
     const fragmentCount = sb.readUInt32LE(16);
     const flags = sb.readUInt16LE(24);
-    const compressed = (flags & 0x0002) === 0;
+    let compression: Compression;
+    try {
+      compression = compressionOf(sb.readUInt16LE(20), flags, path);
+    } catch (err) {
+      throw new EdgekitError((err as Error).message);
+    }
+    // squashfs 4.0 marks each block compressed or not; the superblock's flags only describe the whole.
+    const codec: Compression = sb.readUInt16LE(20) === 5 ? 'lz4' : 'gzip';
     const rootRef = sb.readBigUInt64LE(32);
     const bytesUsed = Number(sb.readBigUInt64LE(40));
     const inodeTableStart = Number(sb.readBigUInt64LE(64));
@@ -96,9 +104,9 @@ export async function readSquashfs(path: string): Promise<SquashImage> {
     const fragmentTableStart = Number(sb.readBigUInt64LE(80));
     const idTableStart = Number(sb.readBigUInt64LE(48));
 
-    const inodes = readMetadata(await readAt(fh, inodeTableStart, directoryTableStart - inodeTableStart), (flags & 0x0001) === 0);
+    const inodes = readMetadata(await readAt(fh, inodeTableStart, directoryTableStart - inodeTableStart), codec);
     const dirEnd = fragmentCount > 0 ? fragmentTableStart : idTableStart;
-    const dirs = readMetadata(await readAt(fh, directoryTableStart, Math.max(0, dirEnd - directoryTableStart)), (flags & 0x0001) === 0);
+    const dirs = readMetadata(await readAt(fh, directoryTableStart, Math.max(0, dirEnd - directoryTableStart)), codec);
 
     const fragments: StoredBlock[] = [];
     if (fragmentCount > 0) {
@@ -109,7 +117,7 @@ export async function readSquashfs(path: string): Promise<SquashImage> {
         const start = Number(index.readBigUInt64LE(i * 8));
         const head = (await readAt(fh, start, 2)).readUInt16LE(0);
         const body = await readAt(fh, start + 2, head & ~META_RAW);
-        parts.push(head & META_RAW || (flags & 0x0008) !== 0 ? body : inflateSync(body));
+        parts.push(head & META_RAW ? body : decompressBlock(codec, body, META));
       }
       const table = Buffer.concat(parts);
       for (let i = 0; i < fragmentCount; i++) fragments.push({ offset: Number(table.readBigUInt64LE(i * 16)), sizeWord: table.readUInt32LE(i * 16 + 8) });
@@ -156,7 +164,7 @@ export async function readSquashfs(path: string): Promise<SquashImage> {
       }
     };
     walk(inodeAt(Number(rootRef >> 16n), Number(rootRef & 0xffffn)), '');
-    return { path, blockSize, compressed, bytesUsed, inodeTableStart, files, fragments };
+    return { path, blockSize, compression, codec, bytesUsed, inodeTableStart, files, fragments };
   } finally {
     await fh.close();
   }
@@ -213,7 +221,7 @@ export class SquashContent {
   async rawBlock(b: StoredBlock, rawLength: number): Promise<Buffer> {
     if (b.sizeWord === 0) return Buffer.alloc(rawLength);
     const stored = await this.stored(b);
-    return b.sizeWord & DATA_RAW || !this.image.compressed ? stored : inflateSync(stored);
+    return b.sizeWord & DATA_RAW ? stored : decompressBlock(this.image.codec, stored, rawLength);
   }
 
   async fragment(index: number): Promise<Buffer> {
