@@ -14,6 +14,7 @@ import { gatewayImages } from './helpers/ota-repo-fixtures.js';
 import { startRepoServer, type RepoServer } from './helpers/ota-repo-server.js';
 import { sh } from './helpers/image-bytes.js';
 import { createMetadataClient, type UpdateInfo } from '../src/ota/repo/index.js';
+import { applyDelta } from '../src/ota/delta/index.js';
 import type { ImageManifest } from '../src/image/manifest.js';
 
 const T0 = '2030-01-01T00:00:00Z';
@@ -128,12 +129,21 @@ describe('edgekit release', () => {
     expect(info1.release.deltas).toEqual([]);
   });
 
-  it('moves devices to a newer build and refuses to publish a lower version', async () => {
-    await ok(['release', v2.image, '--repo', repo, '--version', '1.1', '--keys', keys, '--now', at(3).toISOString()]);
-    const info = await device(4).refresh();
+  it('moves devices to a newer build, with a root delta from the release before (--delta-from), and refuses to publish a lower version', async () => {
+    await ok(['release', v2.image, '--repo', repo, '--version', '1.1', '--delta-from', '1.0', '--keys', keys, '--now', at(3).toISOString()]);
+    const client = device(4);
+    const info = await client.refresh();
     expect(info!.version).toBe('1.1');
     expect(info!.rootPayload!.sha256).toBe(manifestOf(v2).payloads.find((p) => p.name === 'system-a')!.sha256);
     expect(info!.rootPayload!.sha256).not.toBe(info1.rootPayload!.sha256);
+    // The delta is a signed target; applied to 1.0's root it gives 1.1's, byte for byte.
+    expect(info!.deltas.map((d) => [d.fromVersion, d.fromSha256])).toEqual([['1.0', info1.rootPayload!.sha256]]);
+    expect(info!.deltas[0].length).toBeLessThan(info!.rootPayload!.length / 4);
+    const deltaFile = join(work, 'from-1.0.delta');
+    await client.download(info!.deltas[0], deltaFile);
+    const rebuilt = join(work, 'root-1.1-from-delta.squashfs');
+    await applyDelta({ delta: deltaFile, activePayload: join(work, 'root-1.squashfs'), out: rebuilt, expectedSha256: info!.rootPayload!.sha256, expectedSize: info!.rootPayload!.length });
+    expect(sha(readFileSync(rebuilt))).toBe(info!.rootPayload!.sha256);
     const lower = await edgekit(['release', v1.image, '--repo', repo, '--version', '1.0.9', '--keys', keys, '--now', at(4).toISOString()]);
     expect(lower.code).not.toBe(0);
     expect(lower.stderr).toMatch(/channel stable already has 1\.1.*--republish/);

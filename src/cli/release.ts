@@ -10,6 +10,7 @@ interface ReleaseOpts {
   channel?: string;
   keys: string;
   republish?: string;
+  deltaFrom?: string[];
   name?: string;
   board?: string;
   now?: string;
@@ -31,6 +32,7 @@ export function registerRelease(program: Command): void {
     .option('--keys <dir>', 'role keys (targets, snapshot, timestamp)')
     .option('--version <v>', 'release version; higher than every release in the channel')
     .option('--channel <c>', 'release channel', 'stable')
+    .option('--delta-from <versions...>', 'also publish root deltas from these earlier releases (devices on them download only what changed)')
     .option('--republish <old-version>', 'publish the files of release <old-version> again as --version')
     .option('--name <name>', 'with --republish: the image name, when several share the old version')
     .option('--board <board>', 'with --republish: the board, when several share the old version')
@@ -42,10 +44,16 @@ export function registerRelease(program: Command): void {
       let r: Release;
       if (o.republish) {
         if (image) throw new EdgekitError(`give either an image or --republish ${o.republish}, not both`);
+        if (o.deltaFrom) throw new EdgekitError('--delta-from makes deltas for a new image; a republished release reuses old files');
         r = await republishRelease({ repo: o.repo, from: o.republish, version: o.version, channel: channelGiven ? o.channel : undefined, name: o.name, board: o.board, keys: o.keys, now: nowOption(o.now) });
       } else {
         if (!image) throw new EdgekitError('release: name the built image to publish (or --republish <old-version>)');
-        r = await publishRelease({ image, repo: o.repo, version: o.version, channel: o.channel, keys: o.keys, now: nowOption(o.now) });
+        r = await publishRelease({
+          image, repo: o.repo, version: o.version, channel: o.channel, keys: o.keys, now: nowOption(o.now), deltaFrom: o.deltaFrom,
+          onDelta: (from, d) => {
+            if (!o.json) console.error(`delta from ${from}: ${d.bytes} bytes (${d.changedFiles} files diffed, ${d.copiedBytes} bytes copied from the running slot)`);
+          },
+        });
       }
       if (o.json) printJson(r);
       else {

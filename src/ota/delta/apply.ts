@@ -3,9 +3,10 @@
  * and the active slot. Pure node: modules, no native addons.
  *
  * Memory stays bounded whatever the payload size: the three streams are decoded as they are read,
- * the active slot is read by position a block at a time (a few inflated blocks are cached), at most
- * IN_FLIGHT blocks are being deflated, and output goes out in 1 MiB writes. The dm-verity tree is
- * hashed as the data streams past (32 bytes per 4 KiB).
+ * the active slot is read by position a block at a time (a few decoded blocks are cached, in
+ * buffers that are reused), rebuilt blocks are LZ4-compressed into one reused buffer (a gzip root's
+ * are deflated on libuv's pool, at most IN_FLIGHT at once), and output goes out in 1 MiB writes.
+ * The dm-verity tree is hashed as the data streams past (32 bytes per 4 KiB).
  *
  * Nothing is trusted until the end: the active slot must hash to the delta's `from`, the delta
  * must name the expected target, every rebuilt block must come out with the publisher's size and

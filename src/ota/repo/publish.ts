@@ -14,7 +14,8 @@ import { readState } from './metadata-files.js';
 import { readPolicy } from './policy.js';
 import { writeTargetsChain } from './chain.js';
 import { bumpTargets } from './repo-admin.js';
-import { extractRelease } from './image-payloads.js';
+import { extractRelease, type ExtractedRelease } from './image-payloads.js';
+import { makeDelta, type DeltaInfo } from '../delta/make.js';
 import { RELEASE_FILE, compareVersions, releaseDir, type DeltaRef, type EdgekitCustom, type FileCustom, type ReleaseCustom } from './release-info.js';
 
 export interface PublishOptions {
@@ -27,8 +28,16 @@ export interface PublishOptions {
   /** The keys folder (targets, snapshot and timestamp keys are used). */
   keys: string;
   now?: Date;
-  /** Delta files made by O2's makeDelta from earlier releases' root payloads (targets too). */
+  /** Delta files made by makeDelta from earlier releases' root payloads (targets too). */
   deltas?: { file: string; fromVersion: string; fromSha256: string; info?: Record<string, unknown> }[];
+  /**
+   * Earlier versions (of this image and board, in the repository) to make root deltas from, so
+   * devices running them download only what changed. Versions whose root is the same as this
+   * one's need no delta and are skipped.
+   */
+  deltaFrom?: string[];
+  /** Told about each delta as it is made (making one takes a while on a big root). */
+  onDelta?: (fromVersion: string, info: DeltaInfo) => void;
 }
 
 export interface Release {
@@ -51,6 +60,8 @@ export async function publishRelease(o: PublishOptions): Promise<Release> {
     const x = await extractRelease(o.image, staging);
     const m = x.manifest.signed;
     checkNewVersion(state.targets.signed, m.name, m.board, channel, o.version);
+    // Before the staged files move into the repository.
+    const made = await makeDeltasFrom(o, state.targets.signed, x, staging);
     const dir = releaseDir(m.name, m.board, o.version);
     const targets = { ...state.targets.signed.targets };
     const paths: Partial<Record<FileCustom['kind'], string>> = {};
@@ -60,7 +71,7 @@ export async function publishRelease(o: PublishOptions): Promise<Release> {
       paths[f.kind] = t.path;
     }
     const deltas: DeltaRef[] = [];
-    for (const d of o.deltas ?? []) {
+    for (const d of [...(o.deltas ?? []), ...made]) {
       const base = d.file.slice(d.file.lastIndexOf('/') + 1);
       const t = await addFile(o.repo, `${dir}/deltas/${d.fromVersion}/${base}`, d.file, { kind: 'delta', name: m.name, board: m.board, version: o.version }, true);
       targets[t.path] = t;
@@ -93,6 +104,30 @@ export async function publishRelease(o: PublishOptions): Promise<Release> {
   } finally {
     await rm(staging, { recursive: true, force: true });
   }
+}
+
+/** Makes root deltas from the releases `o.deltaFrom` names to the image being published. */
+async function makeDeltasFrom(o: PublishOptions, t: Targets, x: ExtractedRelease, staging: string): Promise<NonNullable<PublishOptions['deltas']>> {
+  const out: NonNullable<PublishOptions['deltas']> = [];
+  if (!o.deltaFrom?.length) return out;
+  const m = x.manifest.signed;
+  const root = x.files.find((f) => f.kind === 'root');
+  if (!root) throw new EdgekitError(`${o.image}: its root is in RAM (root: ram): there is no root payload to make deltas for`);
+  const salt = m.payloads.find((p) => p.name === m.slots.a.rootPayload)?.verity?.salt;
+  const toSha = await sha256OfFile(root.path);
+  for (const from of o.deltaFrom) {
+    const old = pickOne(findReleases(t, { version: from, name: m.name, board: m.board }), `${o.repo}: release ${from} of ${m.name} for ${m.board} (--delta-from)`);
+    const rootTarget = old.custom.slot.rootPayload ? t.targets[old.custom.slot.rootPayload] : undefined;
+    if (!rootTarget) throw new EdgekitError(`${o.repo}: release ${from} has no root payload to make a delta from`);
+    const fromSha = rootTarget.hashes.sha256;
+    if (fromSha === toSha) continue;
+    const oldFile = targetFilePath(o.repo, rootTarget.path, fromSha);
+    const file = join(staging, `from-${from}.delta`);
+    const info = await makeDelta(oldFile, root.path, file, salt ? { veritySalt: salt } : {});
+    o.onDelta?.(from, info);
+    out.push({ file, fromVersion: from, fromSha256: fromSha, info: { bytes: info.bytes, copiedBytes: info.copiedBytes, rebuiltBytes: info.rebuiltBytes, changedFiles: info.changedFiles } });
+  }
+  return out;
 }
 
 export interface RepublishOptions {
