@@ -9,6 +9,12 @@ const tag = z.string().regex(/^[A-Za-z0-9._:=-]{1,64}$/, 'tags: 1-64 letters, di
 const slot = z.enum(['a', 'b']);
 const short = z.string().max(1024);
 
+const maintenanceWindow = z.strictObject({
+  start: z.string().max(5),
+  end: z.string().max(5),
+  days: z.array(z.enum(['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'])).max(7).default([]),
+});
+
 export const helloBody = z.strictObject({ deviceId: id });
 export const authBody = z.strictObject({
   deviceId: id,
@@ -42,6 +48,13 @@ export const rolloutBody = z.strictObject({
   stages: z.array(z.strictObject({ percent: z.number().gt(0).max(100), waitSeconds: z.number().int().min(0).max(365 * 86400).default(0) })).min(1).max(20),
   maxFailureRatio: z.number().min(0).max(1).default(0.05),
   minSuccessRatio: z.number().min(0).max(1).default(0.9),
+  windows: z.array(maintenanceWindow).max(32).default([]),
+});
+/** What a rollout would cost: the devices it would target, as for a rollout. */
+export const rolloutCostBody = z.strictObject({
+  version,
+  channel: name,
+  filter: z.strictObject({ tags: z.array(tag).max(32).optional(), board: z.string().min(1).max(128).optional() }).optional(),
 });
 export const tagsBody = z.strictObject({ tags: z.array(tag).max(32) });
 export const deviceChannelBody = z.strictObject({ channel: name });

@@ -8,8 +8,9 @@ import { DeviceTokens, DEVICE_TOKEN_SECONDS, hashToken, newSecretToken } from '.
 import type { AuthRequest, AuthResponse, CheckInRequest, CheckInResponse, ReportRequest, ReportResponse } from './protocol/messages.js';
 import { decide, deviceBucket, matchesFilter, stageOfBucket, stagesProblem, type StageTally } from './rollout.js';
 import type {
-  AdminTokenRow, DeviceRow, FleetStore, MemberCounts, MemberState, RolloutFilter, RolloutRow, RolloutStage, Scope,
+  AdminTokenRow, DeviceRow, FleetStore, MaintenanceWindow, MemberCounts, MemberState, RolloutFilter, RolloutRow, RolloutStage, Scope,
 } from './store/store.js';
+import { inWindow, windowProblem } from './windows.js';
 
 export class FleetError extends Error {
   constructor(readonly status: number, message: string) {
@@ -101,11 +102,15 @@ export class FleetService {
       if (req.version === r.version) return { release: null };
       if (!matchesFilter(r.filter, { board: req.board, tags: device.tags })) continue;
       const member = await this.store.getMember(r.id, device.id);
+      // Outside the rollout's maintenance windows nobody starts; a device that already started finishes.
+      const open = inWindow(r.windows, this.now());
       if (member) {
         if (member.state === 'failed' || member.state === 'succeeded') return { release: null };
+        if (!open && member.state === 'offered') return { release: null };
       } else {
         const stage = stageOfBucket(r.stages, deviceBucket(r.id, device.id));
         if (stage > r.stage) continue;
+        if (!open) return { release: null };
         await this.store.addMember({ rolloutId: r.id, deviceId: device.id, stage, state: 'offered', updatedAt: this.now() });
       }
       return { release: { version: r.version, channel: r.channel, rolloutId: r.id } };
@@ -170,21 +175,29 @@ export class FleetService {
 
   async createRollout(
     actor: Actor,
-    o: { version: string; channel: string; filter?: Partial<RolloutFilter>; stages: RolloutStage[]; maxFailureRatio: number; minSuccessRatio: number },
+    o: {
+      version: string; channel: string; filter?: Partial<RolloutFilter>; stages: RolloutStage[]; maxFailureRatio: number; minSuccessRatio: number;
+      windows?: MaintenanceWindow[];
+    },
   ): Promise<RolloutStatus> {
     const problem = stagesProblem(o.stages);
     if (problem) throw new FleetError(400, `stages: ${problem}`);
+    const windows = o.windows ?? [];
+    for (const [i, w] of windows.entries()) {
+      const p = windowProblem(w);
+      if (p) throw new FleetError(400, `windows.${i}: ${p}`);
+    }
     if (!(await this.store.getRelease(o.channel, o.version))) throw new FleetError(404, `no release ${o.version} in channel ${o.channel}`);
     const active = await this.store.listRollouts({ channel: o.channel, states: ['running', 'paused'] });
     if (active.length) throw new FleetError(409, `channel ${o.channel} already has rollout ${active[0].id} (${active[0].state}): abort it first`);
     const r: RolloutRow = {
       id: `ro_${randomBytes(6).toString('hex')}`, version: o.version, channel: o.channel,
       filter: { tags: [...new Set(o.filter?.tags ?? [])].sort(), board: o.filter?.board ?? null },
-      stages: o.stages, maxFailureRatio: o.maxFailureRatio, minSuccessRatio: o.minSuccessRatio,
+      stages: o.stages, maxFailureRatio: o.maxFailureRatio, minSuccessRatio: o.minSuccessRatio, windows,
       state: 'running', stage: 0, stageStartedAt: this.now(), reason: null, createdAt: this.now(),
     };
     await this.store.insertRollout(r);
-    await this.audit(actor, 'rollout.create', r.id, { version: r.version, channel: r.channel, filter: r.filter, stages: r.stages });
+    await this.audit(actor, 'rollout.create', r.id, { version: r.version, channel: r.channel, filter: r.filter, stages: r.stages, windows });
     return this.rolloutStatus(r.id);
   }
 

@@ -33,4 +33,10 @@ export const MIGRATIONS: string[][] = [
       seq BIGINT PRIMARY KEY, at BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,
       detail TEXT NOT NULL)`,
   ],
+  // 2: maintenance windows of a rollout (JSON list of {start, end, days?}; NULL: any time), and the
+  // index that lists a device's reports newest first for its history.
+  [
+    `ALTER TABLE rollouts ADD COLUMN windows TEXT`,
+    `CREATE INDEX reports_device_time ON reports (device_id, received_at)`,
+  ],
 ];

@@ -6,7 +6,7 @@ import Database from 'better-sqlite3';
 import { EdgekitError } from '../../util/errors.js';
 import { MIGRATIONS } from './migrations.js';
 import type {
-  AdminTokenRow, AuditRow, ChannelRow, CheckInUpdate, DeviceQuery, DeviceRow, DeviceStatus, FleetStore, MemberCounts,
+  AdminTokenRow, AuditRow, ChannelRow, CheckInUpdate, DeviceQuery, DeviceRow, DeviceStatus, FleetStore, MaintenanceWindow, MemberCounts,
   MemberRow, MemberState, ProvisioningTokenRow, RolloutCandidate, ReleaseRow, RolloutRow, RolloutState, StoredReport,
 } from './store.js';
 
@@ -144,6 +144,10 @@ class SqliteStore implements FleetStore {
     })();
   }
 
+  async listDeviceReports(deviceId: string, limit: number): Promise<StoredReport[]> {
+    return (this.q(`SELECT * FROM reports WHERE device_id = ? ORDER BY received_at DESC, id DESC LIMIT ?`).all(deviceId, limit) as Row[]).map(reportOf);
+  }
+
   async listChannels(): Promise<ChannelRow[]> {
     return (this.q(`SELECT * FROM channels ORDER BY name`).all() as Row[]).map((r) => ({ name: String(r.name), createdAt: Number(r.created_at) }));
   }
@@ -170,9 +174,10 @@ class SqliteStore implements FleetStore {
   }
 
   async insertRollout(r: RolloutRow): Promise<void> {
-    this.q(`INSERT INTO rollouts (id, version, channel, filter, stages, max_failure_ratio, min_success_ratio, state, stage, stage_started_at, reason, created_at)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-      .run(r.id, r.version, r.channel, json(r.filter), json(r.stages), r.maxFailureRatio, r.minSuccessRatio, r.state, r.stage, r.stageStartedAt, r.reason, r.createdAt);
+    this.q(`INSERT INTO rollouts (id, version, channel, filter, stages, max_failure_ratio, min_success_ratio, windows, state, stage, stage_started_at, reason, created_at)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+      .run(r.id, r.version, r.channel, json(r.filter), json(r.stages), r.maxFailureRatio, r.minSuccessRatio, r.windows.length ? json(r.windows) : null,
+        r.state, r.stage, r.stageStartedAt, r.reason, r.createdAt);
   }
 
   async getRollout(id: string): Promise<RolloutRow | null> {
@@ -288,7 +293,8 @@ function releaseOf(r: Row): ReleaseRow {
 function rolloutOf(r: Row): RolloutRow {
   return {
     id: String(r.id), version: String(r.version), channel: String(r.channel), filter: parse(r.filter), stages: parse(r.stages),
-    maxFailureRatio: Number(r.max_failure_ratio), minSuccessRatio: Number(r.min_success_ratio), state: r.state as RolloutState,
+    maxFailureRatio: Number(r.max_failure_ratio), minSuccessRatio: Number(r.min_success_ratio),
+    windows: r.windows ? parse<MaintenanceWindow[]>(r.windows) : [], state: r.state as RolloutState,
     stage: Number(r.stage), stageStartedAt: Number(r.stage_started_at), reason: str(r.reason), createdAt: Number(r.created_at),
   };
 }

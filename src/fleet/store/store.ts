@@ -65,6 +65,18 @@ export interface RolloutFilter {
   board: string | null;
 }
 
+export type Weekday = 'mon' | 'tue' | 'wed' | 'thu' | 'fri' | 'sat' | 'sun';
+
+/** A time range (UTC) in which devices may be offered a rollout's release. */
+export interface MaintenanceWindow {
+  /** 'HH:MM', UTC. */
+  start: string;
+  /** 'HH:MM' (up to 24:00), UTC; earlier than start: the window runs past midnight into the next day. */
+  end: string;
+  /** The UTC days the window starts on; empty: every day. */
+  days: Weekday[];
+}
+
 export interface RolloutRow {
   id: string;
   version: string;
@@ -75,6 +87,8 @@ export interface RolloutRow {
   maxFailureRatio: number;
   /** Succeeded devices / devices in the stages so far a stage needs before the next starts. */
   minSuccessRatio: number;
+  /** Devices are offered the release only inside one of these; empty: any time. */
+  windows: MaintenanceWindow[];
   state: RolloutState;
   /** Index into stages of the stage now open. */
   stage: number;
@@ -169,6 +183,8 @@ export interface FleetStore {
    * when `member` is given, that rollout membership's state. Returns false for a duplicate (nothing changed).
    */
   recordReport(r: StoredReport, member: { rolloutId: string; state: MemberState } | null): Promise<boolean>;
+  /** A device's reports, newest first (by receipt), at most `limit`. */
+  listDeviceReports(deviceId: string, limit: number): Promise<StoredReport[]>;
 
   listChannels(): Promise<ChannelRow[]>;
   insertChannel(c: ChannelRow): Promise<boolean>;
