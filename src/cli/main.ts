@@ -31,6 +31,7 @@ const COMMANDS: Array<{ names: string[]; load: () => Promise<Register> }> = [
   { names: ['release', 'repo'], load: async () => (await import('./release.js')).registerRelease },
   { names: ['update', 'agent'], load: async () => (await import('./update.js')).registerUpdate },
   { names: ['serve'], load: async () => (await import('./serve.js')).registerServe },
+  { names: ['fleet'], load: async () => (await import('./fleet.js')).registerFleet },
 ];
 
 /** The program with the commands `argv` needs (all of them when it names none we know). */

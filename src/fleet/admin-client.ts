@@ -1,23 +1,136 @@
-/** The admin API from the operator's side: what `edgekit fleet` calls. */
+/** The admin API from the operator's side: what `edgekit fleet` calls, one typed method per operation. */
 import { EdgekitError } from '../util/errors.js';
+import type { RolloutCost } from './cost.js';
+import type { FleetOverview } from './overview.js';
+import type { RolloutProgress } from './progress.js';
+import type { Actor, RolloutStatus } from './service.js';
+import type {
+  ChannelRow, DeviceQuery, DeviceRow, MaintenanceWindow, MemberRow, ReleaseRow, RolloutStage, StoredReport,
+} from './store/store.js';
+
+/** An error answer of the server: the HTTP status and the server's one-line reason. */
+export class FleetAdminError extends EdgekitError {
+  constructor(message: string, readonly status: number, readonly reason: string) {
+    super(message);
+  }
+}
+
+export interface NewRollout {
+  version: string;
+  channel: string;
+  filter?: { tags?: string[]; board?: string };
+  stages: RolloutStage[];
+  maxFailureRatio?: number;
+  minSuccessRatio?: number;
+  windows?: MaintenanceWindow[];
+}
+
+export type RolloutAction = 'pause' | 'resume' | 'abort';
 
 export class FleetAdminClient {
-  constructor(private readonly server: string, private readonly token: string) {}
+  private readonly base: URL;
 
-  get(path: string): Promise<unknown> {
-    return this.call('GET', path);
+  constructor(server: string, private readonly token: string) {
+    let base: URL;
+    try {
+      base = new URL(server.replace(/\/*$/, '/'));
+    } catch {
+      throw new EdgekitError(`fleet server ${JSON.stringify(server)}: not a URL (e.g. http://127.0.0.1:8480)`);
+    }
+    if (base.protocol !== 'http:' && base.protocol !== 'https:') throw new EdgekitError(`fleet server ${server}: use an http:// or https:// URL`);
+    this.base = base;
   }
 
-  post(path: string, body: unknown = {}): Promise<unknown> {
-    return this.call('POST', path, body);
+  whoami(): Promise<Actor> {
+    return this.call('GET', '/v1/admin/whoami');
   }
 
-  put(path: string, body: unknown): Promise<unknown> {
-    return this.call('PUT', path, body);
+  overview(): Promise<FleetOverview> {
+    return this.call('GET', '/v1/admin/overview');
   }
 
-  private async call(method: string, path: string, body?: unknown): Promise<unknown> {
-    const url = new URL(path.replace(/^\//, ''), this.server.replace(/\/*$/, '/'));
+  listDevices(q: DeviceQuery = {}): Promise<DeviceRow[]> {
+    const params = new URLSearchParams(Object.entries(q).filter(([, v]) => v !== undefined) as Array<[string, string]>);
+    return this.call('GET', `/v1/admin/devices${params.size ? `?${params}` : ''}`);
+  }
+
+  device(id: string): Promise<DeviceRow> {
+    return this.call('GET', `/v1/admin/devices/${enc(id)}`);
+  }
+
+  deviceReports(id: string, limit = 20): Promise<StoredReport[]> {
+    return this.call('GET', `/v1/admin/devices/${enc(id)}/reports?limit=${limit}`);
+  }
+
+  acceptDevice(id: string): Promise<DeviceRow> {
+    return this.call('POST', `/v1/admin/devices/${enc(id)}/accept`, {});
+  }
+
+  /** Rejects the device: its key no longer authenticates and it is offered nothing. */
+  revokeDevice(id: string): Promise<DeviceRow> {
+    return this.call('POST', `/v1/admin/devices/${enc(id)}/reject`, {});
+  }
+
+  setDeviceTags(id: string, tags: string[]): Promise<DeviceRow> {
+    return this.call('PUT', `/v1/admin/devices/${enc(id)}/tags`, { tags });
+  }
+
+  setDeviceChannel(id: string, channel: string): Promise<DeviceRow> {
+    return this.call('PUT', `/v1/admin/devices/${enc(id)}/channel`, { channel });
+  }
+
+  listChannels(): Promise<ChannelRow[]> {
+    return this.call('GET', '/v1/admin/channels');
+  }
+
+  createChannel(name: string): Promise<{ name: string }> {
+    return this.call('POST', '/v1/admin/channels', { name });
+  }
+
+  listReleases(channel?: string): Promise<ReleaseRow[]> {
+    return this.call('GET', `/v1/admin/releases${channel ? `?channel=${encodeURIComponent(channel)}` : ''}`);
+  }
+
+  addRelease(r: { version: string; channel: string; board?: string }): Promise<ReleaseRow> {
+    return this.call('POST', '/v1/admin/releases', r);
+  }
+
+  listRollouts(): Promise<RolloutStatus[]> {
+    return this.call('GET', '/v1/admin/rollouts');
+  }
+
+  rollout(id: string): Promise<RolloutStatus> {
+    return this.call('GET', `/v1/admin/rollouts/${enc(id)}`);
+  }
+
+  rolloutProgress(id: string): Promise<RolloutProgress> {
+    return this.call('GET', `/v1/admin/rollouts/${enc(id)}/progress`);
+  }
+
+  rolloutMembers(id: string): Promise<MemberRow[]> {
+    return this.call('GET', `/v1/admin/rollouts/${enc(id)}/devices`);
+  }
+
+  createRollout(r: NewRollout): Promise<RolloutStatus> {
+    return this.call('POST', '/v1/admin/rollouts', r);
+  }
+
+  setRolloutState(id: string, action: RolloutAction): Promise<RolloutStatus> {
+    return this.call('POST', `/v1/admin/rollouts/${enc(id)}/${action}`, {});
+  }
+
+  /** What a rollout of `version` to the channel's matching devices would download, per cohort. */
+  costOf(q: { version: string; channel: string; filter?: { tags?: string[]; board?: string } }): Promise<RolloutCost> {
+    return this.call('POST', '/v1/admin/rollouts/cost', q);
+  }
+
+  /** What an existing rollout still has to download. */
+  rolloutCost(id: string): Promise<RolloutCost> {
+    return this.call('GET', `/v1/admin/rollouts/${enc(id)}/cost`);
+  }
+
+  private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const url = new URL(path.replace(/^\//, ''), this.base);
     let res: Response;
     try {
       res = await fetch(url, {
@@ -26,16 +139,23 @@ export class FleetAdminClient {
         body: body !== undefined ? JSON.stringify(body) : undefined,
       });
     } catch (err) {
-      throw new EdgekitError(`${url.href}: cannot reach the fleet server (${(err as Error).cause ?? (err as Error).message})`);
+      const cause = (err as Error).cause as { code?: string; message?: string } | undefined;
+      throw new EdgekitError(`${this.base.origin}: cannot reach the fleet server (${cause?.code ?? cause?.message ?? (err as Error).message})`);
     }
     const text = await res.text();
     let parsed: unknown;
     try {
       parsed = JSON.parse(text);
     } catch {
-      throw new EdgekitError(`${method} ${url.href}: HTTP ${res.status}, not JSON`);
+      throw new EdgekitError(`${method} ${url.href}: HTTP ${res.status} with an answer that is not JSON: is this an edgekit fleet server?`);
     }
-    if (!res.ok) throw new EdgekitError(`${method} ${url.pathname}: HTTP ${res.status}: ${(parsed as { error?: string }).error ?? text}`);
-    return parsed;
+    if (!res.ok) {
+      const reason = (parsed as { error?: string })?.error ?? text.trim();
+      const hint = res.status === 401 ? ' (give an admin token with --token, --token-file or EDGEKIT_FLEET_TOKEN)' : '';
+      throw new FleetAdminError(`${method} ${url.pathname}: ${res.status} ${res.statusText || 'error'}: ${reason}${hint}`, res.status, reason);
+    }
+    return parsed as T;
   }
 }
+
+const enc = (s: string) => encodeURIComponent(s);

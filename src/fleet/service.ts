@@ -207,7 +207,7 @@ export class FleetService {
     const allowed: Record<typeof action, string[]> = { pause: ['running'], resume: ['paused'], abort: ['running', 'paused'] };
     if (!allowed[action].includes(r.state)) throw new FleetError(409, `rollout ${id} is ${r.state}: cannot ${action}`);
     const state = action === 'pause' ? 'paused' : action === 'resume' ? 'running' : 'aborted';
-    await this.store.updateRollout(id, { state, reason: action === 'resume' ? null : `${action}d by ${actor.name}` });
+    await this.store.updateRollout(id, { state, reason: action === 'resume' ? null : `${state} by ${actor.name}` });
     await this.audit(actor, `rollout.${action}`, id, null);
     // A resumed rollout is judged again at once: one whose failures still exceed the limit pauses again.
     if (action === 'resume') await this.evaluate(id);

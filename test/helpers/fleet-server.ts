@@ -10,8 +10,8 @@ export interface ServerProcess {
   stop(): Promise<void>;
 }
 
-export async function startServerProcess(db: string): Promise<ServerProcess> {
-  const child = spawn('node', ['bin/edgekit.js', 'serve', '--db', db, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+export async function startServerProcess(db: string, args: string[] = []): Promise<ServerProcess> {
+  const child = spawn('node', ['bin/edgekit.js', 'serve', '--db', db, '--port', '0', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
   const url = await new Promise<string>((resolve, reject) => {
