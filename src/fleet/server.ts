@@ -7,11 +7,16 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import type { z } from 'zod';
 import { SCOPE_RANK } from './auth.js';
+import { rolloutCost } from './cost.js';
+import { DASHBOARD_HEADERS, loadDashboardAssets, type Asset } from './dashboard-assets.js';
 import { Metrics } from './metrics.js';
+import { DEFAULT_ONLINE_SECONDS, fleetOverview } from './overview.js';
+import { rolloutProgress } from './progress.js';
 import { DEVICE_PATHS } from './protocol/messages.js';
 import * as S from './schemas.js';
 import { FleetError, FleetService, type Actor } from './service.js';
-import type { DeviceStatus, Scope } from './store/store.js';
+import type { DeviceStatus, RolloutRow, Scope } from './store/store.js';
+import { EdgekitError } from '../util/errors.js';
 
 const MAX_BODY = 64 * 1024;
 
@@ -36,9 +41,22 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-export async function startFleetServer(o: { service: FleetService; host?: string; port?: number; tickMs?: number; log?: (line: string) => void }): Promise<RunningServer> {
+export interface FleetServerOptions {
+  service: FleetService;
+  host?: string;
+  port?: number;
+  tickMs?: number;
+  log?: (line: string) => void;
+  /** The release repository folder: rollout costs are read from its targets metadata. */
+  repo?: string;
+  /** Serve the web dashboard at /dashboard/ (default true). */
+  dashboard?: boolean;
+}
+
+export async function startFleetServer(o: FleetServerOptions): Promise<RunningServer> {
   const metrics = new Metrics();
-  const routes = buildRoutes(o.service, metrics);
+  const routes = buildRoutes(o.service, metrics, { repo: o.repo });
+  if (o.dashboard ?? true) addDashboardRoutes(routes, await loadDashboardAssets());
   const log = o.log ?? (() => {});
   const server = createServer((req, res) => {
     void handle(routes, metrics, req, res, log);
@@ -88,6 +106,11 @@ async function handle(routes: Route[], metrics: Metrics, req: IncomingMessage, r
       bearer: auth?.startsWith('Bearer ') ? auth.slice(7).trim() : null,
     };
     const result = await route.handler(ctx);
+    if (result && typeof result === 'object' && 'asset' in result) return sendAsset(req, res, (result as { asset: Asset }).asset, (s) => metrics.countRequest(routeName, s));
+    if (result && typeof result === 'object' && 'redirect' in result) {
+      metrics.countRequest(routeName, 302);
+      return void res.writeHead(302, { location: (result as { redirect: string }).redirect, 'content-length': 0 }).end();
+    }
     if (result && typeof result === 'object' && 'text' in result) return send(200, (result as { text: string }).text, 'text/plain; version=0.0.4; charset=utf-8');
     const r = result as { status?: number; body: unknown };
     send(r.status ?? 200, r.body);
@@ -96,6 +119,17 @@ async function handle(routes: Route[], metrics: Metrics, req: IncomingMessage, r
     log(`fleet: internal error on ${req.method} ${req.url}: ${(err as Error).stack ?? err}`);
     if (!res.headersSent) send(500, { error: 'internal error (logged by the server)' });
   }
+}
+
+function sendAsset(req: IncomingMessage, res: ServerResponse, a: Asset, count: (status: number) => void): void {
+  const headers = { ...DASHBOARD_HEADERS, etag: a.etag };
+  if (req.headers['if-none-match'] === a.etag) {
+    count(304);
+    return void res.writeHead(304, headers).end();
+  }
+  count(200);
+  res.writeHead(200, { ...headers, 'content-type': a.type, 'content-length': a.data.length });
+  res.end(req.method === 'HEAD' ? undefined : a.data);
 }
 
 function readJson(req: IncomingMessage): Promise<unknown> {
@@ -133,12 +167,29 @@ async function parsed<T extends z.ZodType>(c: Ctx, schema: T): Promise<z.infer<T
   return r.data;
 }
 
-function buildRoutes(service: FleetService, metrics: Metrics): Route[] {
-  const routes: Route[] = [];
-  const add = (method: string, path: string, handler: Handler) => {
+function routeAdder(routes: Route[]) {
+  return (method: string, path: string, handler: Handler) => {
     const pattern = new RegExp(`^${path.replace(/:[a-z]+/g, '([^/]+)')}$`);
     routes.push({ method, pattern, name: `${method} ${path}`, handler });
   };
+}
+
+/** The dashboard's static files; everything they show comes from the admin API (with a token). */
+function addDashboardRoutes(routes: Route[], assets: Map<string, Asset>): void {
+  const add = routeAdder(routes);
+  add('GET', '/', async () => ({ redirect: '/dashboard/' }));
+  add('GET', '/dashboard', async () => ({ redirect: '/dashboard/' }));
+  add('GET', '/dashboard/', async () => ({ asset: assets.get('index.html')! }));
+  add('GET', '/dashboard/:file', async (c) => {
+    const asset = assets.get(c.params[0]);
+    if (!asset) throw new FleetError(404, `no such dashboard file: ${c.params[0]}`);
+    return { asset };
+  });
+}
+
+function buildRoutes(service: FleetService, metrics: Metrics, o: { repo?: string }): Route[] {
+  const routes: Route[] = [];
+  const add = routeAdder(routes);
   const admin = (scope: Scope, h: (c: Ctx, actor: Actor) => Promise<unknown>): Handler => async (c) => {
     const actor = await service.adminOf(c.bearer);
     if (SCOPE_RANK[actor.scope] < SCOPE_RANK[scope]) throw new FleetError(403, `token ${actor.tokenId} has scope ${actor.scope}; this needs ${scope}`);
@@ -218,6 +269,44 @@ function buildRoutes(service: FleetService, metrics: Metrics): Route[] {
   for (const action of ['pause', 'resume', 'abort'] as const) {
     add('POST', `/v1/admin/rollouts/:id/${action}`, admin('operator', async (c, a) => service.setRolloutState(a, c.params[0], action)));
   }
+
+  // For operators' tools (dashboard, CLI): who the token is, the fleet at a glance, a device's
+  // history, a rollout stage by stage, and what a rollout costs in bytes.
+  add('GET', '/v1/admin/whoami', admin('read', async (_c, a) => a));
+  add('GET', '/v1/admin/overview', admin('read', async (c) => {
+    const within = Number(c.query.get('onlineWithin') ?? DEFAULT_ONLINE_SECONDS);
+    if (!Number.isInteger(within) || within < 1) throw new FleetError(400, 'onlineWithin: a whole number of seconds');
+    return fleetOverview(await service.store.listDevices({}), Date.now(), within);
+  }));
+  add('GET', '/v1/admin/devices/:id/reports', admin('read', async (c) => {
+    const limit = Number(c.query.get('limit') ?? 100);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new FleetError(400, 'limit: an integer 1-10000');
+    await service.requireDevice(c.params[0]);
+    return service.store.listDeviceReports(c.params[0], limit);
+  }));
+  add('GET', '/v1/admin/rollouts/:id/progress', admin('read', async (c) => {
+    const r = await service.rolloutStatus(c.params[0]);
+    return rolloutProgress(r, await service.store.listRolloutCandidates(r.channel), await service.store.listMembers(r.id));
+  }));
+  const cost = async (q: { version: string; channel: string; filter: RolloutRow['filter']; rollout?: RolloutRow }) => {
+    if (!o.repo) throw new FleetError(501, 'the server was started without --repo: rollout costs are read from the release repository');
+    try {
+      return await rolloutCost(service.store, o.repo, q);
+    } catch (err) {
+      if (err instanceof EdgekitError) throw new FleetError(500, `release repository: ${err.message}`);
+      throw err;
+    }
+  };
+  add('POST', '/v1/admin/rollouts/cost', admin('read', async (c) => {
+    const b = await parsed(c, S.rolloutCostBody);
+    await service.requireChannel(b.channel);
+    if (!(await service.store.getRelease(b.channel, b.version))) throw new FleetError(404, `no release ${b.version} in channel ${b.channel}`);
+    return cost({ version: b.version, channel: b.channel, filter: { tags: [...new Set(b.filter?.tags ?? [])].sort(), board: b.filter?.board ?? null } });
+  }));
+  add('GET', '/v1/admin/rollouts/:id/cost', admin('read', async (c) => {
+    const r = await service.rolloutStatus(c.params[0]);
+    return cost({ version: r.version, channel: r.channel, filter: r.filter, rollout: r });
+  }));
 
   add('GET', '/v1/admin/tokens', admin('admin', async () => service.store.listAdminTokens()));
   add('POST', '/v1/admin/tokens', admin('admin', async (c, a) => {
