@@ -85,6 +85,10 @@ async function route() {
 }
 
 window.addEventListener('hashchange', route);
+// Keep the figures fresh on a wall screen; not while someone is typing in a filter.
+setInterval(() => {
+  if (me && document.visibilityState === 'visible' && !(document.activeElement instanceof HTMLInputElement)) route();
+}, 30_000);
 
 async function start() {
   const t = token.get();
