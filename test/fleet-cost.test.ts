@@ -1,24 +1,21 @@
 /**
  * What a rollout costs before it starts, against a real release repository: two real gateway
- * builds published as 1.0 and 1.1, 1.1 with a real delta from 1.0. Devices report through the
+ * builds published with edgekit release as 1.0 and 1.1, 1.1 with a root delta from 1.0. Devices report through the
  * agent's protocol client; the server (started with --repo) answers per cohort of current
  * versions: a delta for devices on 1.0, the full payloads for the rest, and says which cohorts it
  * cannot price. The figures are checked against the repository's files on disk; the CLI and the
  * dashboard (in Chromium) show the same numbers.
  */
-import { readFileSync, statSync, mkdirSync } from 'node:fs';
+import { mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeDelta } from '../src/ota/delta/index.js';
-import { publishRelease } from '../src/ota/repo/index.js';
+import type { Release } from '../src/ota/repo/index.js';
 import { targetFilePath } from '../src/ota/repo/layout.js';
-import type { SignedManifest } from '../src/image/manifest.js';
 import { edgekit, testDir } from './helpers/built-images.js';
 import { launchChromium, signIn } from './helpers/browser.js';
 import { provisioningToken, simDevices, type SimDevice } from './helpers/fleet-devices.js';
 import { adminToken, api, startServerProcess, type ServerProcess } from './helpers/fleet-server.js';
-import { extractRange } from './helpers/image-bytes.js';
 import { gatewayImages } from './helpers/ota-repo-fixtures.js';
 
 let dir: string;
@@ -34,19 +31,16 @@ beforeAll(async () => {
   dir = join(testDir(), 'fleet-cost');
   mkdirSync(dir, { recursive: true });
   const { v1, v2 } = await gatewayImages();
-  const m1 = (JSON.parse(readFileSync(v1.manifest, 'utf8')) as SignedManifest).signed;
-  const m2 = (JSON.parse(readFileSync(v2.manifest, 'utf8')) as SignedManifest).signed;
   const repo = join(dir, 'repo');
   const keys = join(dir, 'keys');
   expect((await edgekit(['repo', 'init', repo, '--keys', keys])).code).toBe(0);
   expect((await edgekit(['release', v1.image, '--repo', repo, '--keys', keys, '--version', '1.0'])).code).toBe(0);
-  const pay = (m: typeof m1) => m.payloads.find((p) => p.partition === 'system-a')!;
-  const p1 = extractRange(v1.image, pay(m1).offset, pay(m1).size, join(dir, 'p1.img'));
-  const p2 = extractRange(v2.image, pay(m2).offset, pay(m2).size, join(dir, 'p2.img'));
-  const info = await makeDelta(p1, p2, join(dir, 'system.delta'));
-  const r = await publishRelease({ image: v2.image, repo, version: '1.1', keys, deltas: [{ file: join(dir, 'system.delta'), fromVersion: '1.0', fromSha256: pay(m1).sha256, info: info as unknown as Record<string, unknown> }] });
+  const published = await edgekit(['release', v2.image, '--repo', repo, '--keys', keys, '--version', '1.1', '--delta-from', '1.0', '--json']);
+  expect(published.stderr).toBe('');
+  const r = JSON.parse(published.stdout) as Release;
   const byPath = new Map(r.files.map((f) => [f.path, f]));
   size = (target) => statSync(targetFilePath(repo, target, byPath.get(target)!.sha256)).size;
+  expect(r.custom.deltas.map((d) => d.fromVersion)).toEqual(['1.0']);
   files = { kernel: r.custom.slot.kernel, initrd: r.custom.slot.initrd, root: r.custom.slot.rootPayload!, delta: r.custom.deltas[0].target };
 
   server = await startServerProcess(join(dir, 'fleet.db'), ['--repo', repo]);
