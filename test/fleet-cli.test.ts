@@ -125,8 +125,18 @@ describe('edgekit fleet', () => {
     expect(created).toMatchObject({ state: 'running', stage: 0, filter: { tags: ['field'], board: null }, maxFailureRatio: 0.4, stages: [{ percent: 50, waitSeconds: 0 }, { percent: 100, waitSeconds: 0 }] });
     const id = created.id as string;
 
-    // dev-3 moved to beta, walk-in has no tag: dev-0..2 take part. Those in stage 1 update.
+    // dev-3 moved to beta, walk-in has no tag: dev-0..2 take part.
     const field = devices.filter((d) => d.id !== 'dev-3');
+
+    // Pausing needs an operator token; paused, nobody is offered the release.
+    const refused = await fleet(['rollouts', 'pause', id], reader);
+    expect(refused.stderr).toMatch(/403 Forbidden: token tok_\w+ has scope read; this needs operator/);
+    expect((await fleet(['rollouts', 'pause', id])).stdout).toBe(`rollout ${id} is paused (paused by bootstrap)\n`);
+    expect((await api(server.url, reader, 'GET', `/v1/admin/rollouts/${id}`)).body.state).toBe('paused');
+    for (const d of field) expect((await d.checkIn()).release).toBeNull();
+    expect((await json(['rollouts', 'resume', id])).state).toBe('running');
+
+    // Those in stage 1 update.
     const round = async () => {
       const offered: SimDevice[] = [];
       for (const d of field) if (d.version !== '2.0' && (await d.checkIn()).release) offered.push(d);
@@ -140,14 +150,6 @@ describe('edgekit fleet', () => {
     expect(status1.progress.stages[0]).toMatchObject({ stage: 1, open: true, failed: 0 });
     expect([sum(status1.progress.stages, 'offered'), sum(status1.progress.stages, 'succeeded')]).toEqual([first.length, first.length]);
     expect(sum(status1.progress.stages, 'devices')).toBe(field.length);
-
-    // Pausing needs an operator token; paused, nobody is offered the release.
-    const refused = await fleet(['rollouts', 'pause', id], reader);
-    expect(refused.stderr).toMatch(/403 Forbidden: token tok_\w+ has scope read; this needs operator/);
-    expect((await fleet(['rollouts', 'pause', id])).stdout).toBe(`rollout ${id} is paused (paused by bootstrap)\n`);
-    expect((await api(server.url, reader, 'GET', `/v1/admin/rollouts/${id}`)).body.state).toBe('paused');
-    for (const d of field) expect((await d.checkIn()).release).toBeNull();
-    expect((await json(['rollouts', 'resume', id])).state).toBe('running');
 
     // Stage 1 succeeded: stage 2 opens (at once, or on the server's next tick when stage 1 was empty).
     for (let i = 0; i < 50 && (await json(['rollouts', 'status', id], reader)).stage !== 1; i++) await new Promise((r) => setTimeout(r, 200));
