@@ -61,7 +61,11 @@ describe('edgekit fleet', () => {
 
     expect((await json(['devices', 'tag', 'dev-1', 'eu', 'rack-2'])).tags).toEqual(['eu', 'field', 'rack-2']);
     expect((await json(['devices', 'tag', 'dev-1', 'eu', '--remove'])).tags).toEqual(['field', 'rack-2']);
+    expect((await fleet(['devices', 'tag', 'dev-2', '--replace'])).stdout).toBe('dev-2: tags (none)\n');
+    expect((await fleet(['devices', 'tag', 'dev-2'])).stderr).toMatch(/^edgekit: devices tag: name the tags to add/);
+    expect((await fleet(['devices', 'tag', 'dev-2', 'bad tag'])).stderr).toMatch(/^edgekit: PUT \/v1\/admin\/devices\/dev-2\/tags: 400 Bad Request: tags\.0: tags: 1-64 letters/);
     expect((await fleet(['devices', 'tag', 'dev-1', 'field', '--replace'])).stdout).toBe('dev-1: tags field\n');
+    expect((await fleet(['devices', 'tag', 'dev-2', 'field'])).stdout).toBe('dev-2: tags field\n');
 
     expect((await fleet(['devices', 'revoke', 'walk-in'])).stdout).toMatch(/^revoked walk-in \(status rejected/);
     // The revoked device's key no longer authenticates.

@@ -110,11 +110,12 @@ function registerDevices(fleet: Command): void {
       for (const id of ids) done.push(await c.revokeDevice(id));
       out(o, done, () => done.map((d) => `revoked ${d.id} (status ${d.status})`).join('\n'));
     });
-  leaf(devices, 'tag <device> <tag...>', 'add tags to a device (rollouts can target tags)')
+  leaf(devices, 'tag <device> [tag...]', 'add tags to a device (rollouts can target tags)')
     .option('--remove', 'remove these tags instead')
-    .option('--replace', 'make these the device\'s only tags')
+    .option('--replace', 'make these the device\'s only tags (none: clear them)')
     .action(async (id: string, tags: string[], o: Conn & { remove?: boolean; replace?: boolean }) => {
       if (o.remove && o.replace) throw new EdgekitError('give --remove or --replace, not both');
+      if (!tags.length && !o.replace) throw new EdgekitError('devices tag: name the tags to add (or --remove them; --replace with none clears them)');
       const c = clientFrom(o);
       const now = o.replace ? [] : (await c.device(id)).tags;
       const next = o.remove ? now.filter((t) => !tags.includes(t)) : [...new Set([...now, ...tags])];
