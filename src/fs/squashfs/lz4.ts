@@ -22,10 +22,7 @@ export function lz4Bound(n: number): number {
 
 export type Lz4Compress = (src: Uint8Array, dst: Uint8Array) => number;
 
-/**
- * Makes an encoder with its own hash table. Everything it uses is inside this function, so its
- * source text (Function.prototype.toString) also runs on its own in a worker thread.
- */
+/** Makes an encoder with its own hash table (an encoder is not re-entrant; one per thread). */
 export function lz4Encoder(): Lz4Compress {
   const HASH_LOG = 16;
   const MIN_MATCH = 4;
