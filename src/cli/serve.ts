@@ -30,9 +30,11 @@ export function registerServe(program: Command): void {
       if (!o.tlsCert !== !o.tlsKey) throw new EdgekitError(o.tlsCert ? '--tls-cert needs --tls-key' : '--tls-key needs --tls-cert');
       const tls = o.tlsCert && o.tlsKey ? { cert: await readPem(o.tlsCert, '--tls-cert'), key: await readPem(o.tlsKey, '--tls-key') } : undefined;
       const log = (l: string) => process.stderr.write(`${l}\n`);
-      const [{ openFleetStore }, { FleetService }, { startFleetServer }] = await Promise.all([
+      const [{ openFleetStore }, { FleetService }, { startFleetServer, checkTls }] = await Promise.all([
         import('../fleet/store/open.js'), import('../fleet/service.js'), import('../fleet/server.js'),
       ]);
+      // Before the database is touched: a bad key must not leave a first admin token behind.
+      if (tls) checkTls(tls);
       const { store, defaultAdminTokenFile } = await openFleetStore(o.db, { log });
       let running: Awaited<ReturnType<typeof startFleetServer>>;
       try {

@@ -5,6 +5,7 @@
  */
 import { createServer, type IncomingMessage, type RequestListener, type Server, type ServerResponse } from 'node:http';
 import { createServer as createTlsServer } from 'node:https';
+import { createSecureContext } from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import type { z } from 'zod';
 import { EdgekitError } from '../util/errors.js';
@@ -55,12 +56,8 @@ export async function startFleetServer(o: FleetServerOptions): Promise<RunningSe
   const listener: RequestListener = (req, res) => {
     void handle(routes, metrics, req, res, log);
   };
-  let server: Server;
-  try {
-    server = o.tls ? createTlsServer({ cert: o.tls.cert, key: o.tls.key }, listener) : createServer(listener);
-  } catch (err) {
-    throw new EdgekitError(`TLS certificate or key not usable: ${(err as Error).message}`);
-  }
+  if (o.tls) checkTls(o.tls);
+  const server: Server = o.tls ? createTlsServer({ cert: o.tls.cert, key: o.tls.key }, listener) : createServer(listener);
   server.keepAliveTimeout = 30_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -80,6 +77,15 @@ export async function startFleetServer(o: FleetServerOptions): Promise<RunningSe
       });
     },
   };
+}
+
+/** Throws a one-line error unless the certificate and key load and belong together. */
+export function checkTls(tls: { cert: Buffer; key: Buffer }): void {
+  try {
+    createSecureContext({ cert: tls.cert, key: tls.key });
+  } catch (err) {
+    throw new EdgekitError(`TLS certificate or key not usable: ${(err as Error).message}`);
+  }
 }
 
 async function handle(routes: Route[], metrics: Metrics, req: IncomingMessage, res: ServerResponse, log: (line: string) => void): Promise<void> {

@@ -10,15 +10,23 @@ export interface ServerProcess {
   stop(): Promise<void>;
 }
 
-export async function startServerProcess(db: string): Promise<ServerProcess> {
-  const child = spawn('node', ['bin/edgekit.js', 'serve', '--db', db, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+export interface ServerProcessOptions {
+  /** --admin-token-file (default: the server's, <db>.admin-token for SQLite). */
+  adminTokenFile?: string;
+  /** More `edgekit serve` arguments. */
+  args?: string[];
+}
+
+export async function startServerProcess(db: string, o: ServerProcessOptions = {}): Promise<ServerProcess> {
+  const args = ['bin/edgekit.js', 'serve', '--db', db, '--port', '0', ...(o.adminTokenFile ? ['--admin-token-file', o.adminTokenFile] : []), ...(o.args ?? [])];
+  const child = spawn('node', args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
   const url = await new Promise<string>((resolve, reject) => {
     let out = '';
     child.stdout!.on('data', (c: Buffer) => {
       out += c.toString();
-      const m = /listening on (http:\/\/\S+)/.exec(out);
+      const m = /listening on (https?:\/\/\S+)/.exec(out);
       if (m) resolve(m[1]);
     });
     child.once('exit', (code) => reject(new Error(`edgekit serve exited ${code}: ${err}${out}`)));
@@ -38,8 +46,9 @@ export async function startServerProcess(db: string): Promise<ServerProcess> {
   };
 }
 
-export async function adminToken(db: string): Promise<string> {
-  return (await readFile(`${db}.admin-token`, 'utf8')).trim();
+/** The first admin token of a SQLite database at its default place, or from `file`. */
+export async function adminToken(db: string, file = `${db}.admin-token`): Promise<string> {
+  return (await readFile(file, 'utf8')).trim();
 }
 
 export async function api(url: string, token: string | null, method: string, path: string, body?: unknown, rawBody?: string): Promise<{ status: number; body: any }> {
