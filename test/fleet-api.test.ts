@@ -19,7 +19,7 @@ describe.each(FLEET_BACKENDS)('fleet server API (%s)', (backend) => {
   let admin: string;
   beforeAll(async () => {
     fixture = await fleetDatabase(backend);
-    server = await startServerProcess(fixture.db, { adminTokenFile: fixture.adminTokenFile });
+    server = await startServerProcess(fixture.db, ['--admin-token-file', fixture.adminTokenFile]);
     admin = await adminToken(fixture.db, fixture.adminTokenFile);
   });
   afterAll(async () => {

@@ -32,7 +32,7 @@ describe.each(FLEET_BACKENDS)('fleet rollout simulation (%s)', (backend) => {
   it('pauses itself on stage-2 failures, survives a restart, ignores replays', async () => {
     fixture = await fleetDatabase(backend);
     const { db, adminTokenFile } = fixture;
-    server = await startServerProcess(db, { adminTokenFile });
+    server = await startServerProcess(db, ['--admin-token-file', adminTokenFile]);
     const admin = await adminToken(db, adminTokenFile);
     const prov = await api(server.url, admin, 'POST', '/v1/admin/provisioning-tokens', { channel: 'stable', tags: ['field'] });
     expect(prov.status).toBe(200);
@@ -97,7 +97,7 @@ describe.each(FLEET_BACKENDS)('fleet rollout simulation (%s)', (backend) => {
     expect(stage2.length).toBeLessThan(300);
     const before = await rollout();
     await server.kill();
-    server = await startServerProcess(db, { adminTokenFile });
+    server = await startServerProcess(db, ['--admin-token-file', adminTokenFile]);
     url = server.url;
     for (const d of devices) d.remake(); // fresh clients: only the new URL and the device's key carry over
     expect(await rollout()).toEqual(before);

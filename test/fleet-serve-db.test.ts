@@ -26,7 +26,7 @@ describe('edgekit serve --db', () => {
 
   it('serves from the file a sqlite: URL names', async () => {
     const file = join(dir, 'by-url.db');
-    const server = await startServerProcess(`sqlite:${file}`, { adminTokenFile: join(dir, 'by-url.token') });
+    const server = await startServerProcess(`sqlite:${file}`, ['--admin-token-file', join(dir, 'by-url.token')]);
     try {
       expect(existsSync(file)).toBe(true);
       const admin = await adminToken(file, join(dir, 'by-url.token'));

@@ -31,7 +31,7 @@ function selfSigned(cert: string, key: string): void {
 beforeAll(async () => {
   selfSigned(certFile, keyFile);
   ca = readFileSync(certFile);
-  server = await startServerProcess(db, { args: ['--tls-cert', certFile, '--tls-key', keyFile] });
+  server = await startServerProcess(db, ['--tls-cert', certFile, '--tls-key', keyFile]);
   admin = await adminToken(db);
 });
 afterAll(async () => {

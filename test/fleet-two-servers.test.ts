@@ -54,7 +54,7 @@ async function requestCounts(url: string): Promise<Map<string, number>> {
 describe('two fleet servers sharing one PostgreSQL database', () => {
   it('start at the same time on an empty database: one migration run, one first admin token', async () => {
     const files = [join(fixture.dir, 'a.admin-token'), join(fixture.dir, 'b.admin-token')];
-    servers = await Promise.all(files.map((adminTokenFile) => startServerProcess(fixture.db, { adminTokenFile })));
+    servers = await Promise.all(files.map((adminTokenFile) => startServerProcess(fixture.db, ['--admin-token-file', adminTokenFile])));
     const written = files.filter((f) => existsSync(f));
     expect(written).toHaveLength(1);
     admin = await adminToken(fixture.db, written[0]);

@@ -10,16 +10,8 @@ export interface ServerProcess {
   stop(): Promise<void>;
 }
 
-export interface ServerProcessOptions {
-  /** --admin-token-file (default: the server's, <db>.admin-token for SQLite). */
-  adminTokenFile?: string;
-  /** More `edgekit serve` arguments. */
-  args?: string[];
-}
-
-export async function startServerProcess(db: string, o: ServerProcessOptions = {}): Promise<ServerProcess> {
-  const args = ['bin/edgekit.js', 'serve', '--db', db, '--port', '0', ...(o.adminTokenFile ? ['--admin-token-file', o.adminTokenFile] : []), ...(o.args ?? [])];
-  const child = spawn('node', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+export async function startServerProcess(db: string, args: string[] = []): Promise<ServerProcess> {
+  const child = spawn('node', ['bin/edgekit.js', 'serve', '--db', db, '--port', '0', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
   const url = await new Promise<string>((resolve, reject) => {
