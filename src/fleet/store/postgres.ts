@@ -140,8 +140,11 @@ class PostgresStore implements FleetStore {
   }
 
   async initSetting(key: string, value: string): Promise<string> {
-    await this.q(`INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING`, [key, value]);
-    return (await this.getSetting(key))!;
+    // Two statements: at READ COMMITTED the SELECT sees a value another server committed while the INSERT waited for it.
+    return this.tx(async (c) => {
+      await this.q(`INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING`, [key, value], c);
+      return String((await this.q(`SELECT value FROM settings WHERE key = $1`, [key], c)).rows[0].value);
+    });
   }
 
   async getDevice(id: string): Promise<DeviceRow | null> {
