@@ -3,9 +3,12 @@
  * failure a client can cause answered with a 4xx and a one-line reason. A handler that throws
  * anything else is a bug: the request gets a 500 and the server keeps serving.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type RequestListener, type Server, type ServerResponse } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
+import { createSecureContext } from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import type { z } from 'zod';
+import { EdgekitError } from '../util/errors.js';
 import { SCOPE_RANK } from './auth.js';
 import { Metrics } from './metrics.js';
 import { DEVICE_PATHS } from './protocol/messages.js';
@@ -36,13 +39,25 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-export async function startFleetServer(o: { service: FleetService; host?: string; port?: number; tickMs?: number; log?: (line: string) => void }): Promise<RunningServer> {
+export interface FleetServerOptions {
+  service: FleetService;
+  host?: string;
+  port?: number;
+  tickMs?: number;
+  /** PEM certificate chain and private key: serve HTTPS. */
+  tls?: { cert: Buffer; key: Buffer };
+  log?: (line: string) => void;
+}
+
+export async function startFleetServer(o: FleetServerOptions): Promise<RunningServer> {
   const metrics = new Metrics();
   const routes = buildRoutes(o.service, metrics);
   const log = o.log ?? (() => {});
-  const server = createServer((req, res) => {
+  const listener: RequestListener = (req, res) => {
     void handle(routes, metrics, req, res, log);
-  });
+  };
+  if (o.tls) checkTls(o.tls);
+  const server: Server = o.tls ? createTlsServer({ cert: o.tls.cert, key: o.tls.key }, listener) : createServer(listener);
   server.keepAliveTimeout = 30_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -53,7 +68,7 @@ export async function startFleetServer(o: { service: FleetService; host?: string
   const a = server.address() as AddressInfo;
   return {
     server,
-    url: `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`,
+    url: `${o.tls ? 'https' : 'http'}://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`,
     close: () => {
       clearInterval(tick);
       return new Promise((resolve) => {
@@ -62,6 +77,15 @@ export async function startFleetServer(o: { service: FleetService; host?: string
       });
     },
   };
+}
+
+/** Throws a one-line error unless the certificate and key load and belong together. */
+export function checkTls(tls: { cert: Buffer; key: Buffer }): void {
+  try {
+    createSecureContext({ cert: tls.cert, key: tls.key });
+  } catch (err) {
+    throw new EdgekitError(`TLS certificate or key not usable: ${(err as Error).message}`);
+  }
 }
 
 async function handle(routes: Route[], metrics: Metrics, req: IncomingMessage, res: ServerResponse, log: (line: string) => void): Promise<void> {

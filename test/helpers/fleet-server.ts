@@ -10,15 +10,15 @@ export interface ServerProcess {
   stop(): Promise<void>;
 }
 
-export async function startServerProcess(db: string): Promise<ServerProcess> {
-  const child = spawn('node', ['bin/edgekit.js', 'serve', '--db', db, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+export async function startServerProcess(db: string, args: string[] = []): Promise<ServerProcess> {
+  const child = spawn('node', ['bin/edgekit.js', 'serve', '--db', db, '--port', '0', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
   const url = await new Promise<string>((resolve, reject) => {
     let out = '';
     child.stdout!.on('data', (c: Buffer) => {
       out += c.toString();
-      const m = /listening on (http:\/\/\S+)/.exec(out);
+      const m = /listening on (https?:\/\/\S+)/.exec(out);
       if (m) resolve(m[1]);
     });
     child.once('exit', (code) => reject(new Error(`edgekit serve exited ${code}: ${err}${out}`)));
@@ -38,8 +38,9 @@ export async function startServerProcess(db: string): Promise<ServerProcess> {
   };
 }
 
-export async function adminToken(db: string): Promise<string> {
-  return (await readFile(`${db}.admin-token`, 'utf8')).trim();
+/** The first admin token of a SQLite database at its default place, or from `file`. */
+export async function adminToken(db: string, file = `${db}.admin-token`): Promise<string> {
+  return (await readFile(file, 'utf8')).trim();
 }
 
 export async function api(url: string, token: string | null, method: string, path: string, body?: unknown, rawBody?: string): Promise<{ status: number; body: any }> {

@@ -33,4 +33,10 @@ export const MIGRATIONS: string[][] = [
       seq BIGINT PRIMARY KEY, at BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,
       detail TEXT NOT NULL)`,
   ],
+  // Handshake nonces already presented: any server checks a nonce's signature, this table makes it
+  // single-use across servers.
+  [
+    `CREATE TABLE used_nonces (nonce TEXT PRIMARY KEY, expires_at BIGINT NOT NULL)`,
+    `CREATE INDEX used_nonces_expiry ON used_nonces (expires_at)`,
+  ],
 ];
