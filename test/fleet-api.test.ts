@@ -1,33 +1,32 @@
 /**
  * The fleet server's edges against a real `edgekit serve` process: missing or wrong credentials get
  * 401/403, a device cannot act as another, malformed requests get a 4xx with a reason and the server
- * keeps serving, unknown devices wait for an operator, admin actions are audited.
+ * keeps serving, unknown devices wait for an operator, admin actions are audited. Against each store
+ * (SQLite, and a real PostgreSQL server started for the test).
  */
 import { generateKeyPairSync, sign } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FleetDeviceClient, FleetProtocolError } from '../src/fleet/protocol/client.js';
 import { authMessage } from '../src/fleet/protocol/messages.js';
+import { FLEET_BACKENDS, fleetDatabase, type FleetDatabase } from './helpers/fleet-db.js';
 import { adminToken, api, startServerProcess, type ServerProcess } from './helpers/fleet-server.js';
-
-const dir = mkdtempSync(join(tmpdir(), 'fleet-api-'));
-const db = join(dir, 'fleet.db');
-let server: ServerProcess;
-let admin: string;
-beforeAll(async () => {
-  server = await startServerProcess(db);
-  admin = await adminToken(db);
-});
-afterAll(async () => {
-  await server?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
 
 const key = () => generateKeyPairSync('ed25519').privateKey;
 
-describe('fleet server API', () => {
+describe.each(FLEET_BACKENDS)('fleet server API (%s)', (backend) => {
+  let fixture: FleetDatabase;
+  let server: ServerProcess;
+  let admin: string;
+  beforeAll(async () => {
+    fixture = await fleetDatabase(backend);
+    server = await startServerProcess(fixture.db, ['--admin-token-file', fixture.adminTokenFile]);
+    admin = await adminToken(fixture.db, fixture.adminTokenFile);
+  });
+  afterAll(async () => {
+    await server?.stop();
+    await fixture?.close();
+  });
+
   it('makes an unknown device wait for acceptance, then serves it', async () => {
     const c = new FleetDeviceClient({ server: server.url, deviceId: 'walk-in', privateKey: key() });
     expect(await c.authenticate()).toBe('pending');

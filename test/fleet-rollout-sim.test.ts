@@ -2,25 +2,17 @@
  * 2,000 simulated devices (through the same protocol module the update agent uses) against a real
  * `edgekit serve` process: a staged rollout where 20% of stage 2 fails health after reboot pauses
  * itself before stage 3; a server killed mid-rollout loses nothing; replayed reports change nothing.
+ * Against each store (SQLite, and a real PostgreSQL server started for the test).
  */
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
 import { Agent } from 'node:http';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FleetDeviceClient } from '../src/fleet/protocol/client.js';
 import type { ReportRequest } from '../src/fleet/protocol/messages.js';
+import { FLEET_BACKENDS, fleetDatabase, type FleetDatabase } from './helpers/fleet-db.js';
 import { adminToken, api, startServerProcess, type ServerProcess } from './helpers/fleet-server.js';
 
 const DEVICES = 2000;
-const dir = mkdtempSync(join(tmpdir(), 'fleet-sim-'));
-const db = join(dir, 'fleet.db');
-let server: ServerProcess;
-afterAll(async () => {
-  await server?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
 
 async function pool<T>(items: T[], f: (x: T) => Promise<void>, width = 16): Promise<void> {
   let next = 0;
@@ -29,10 +21,19 @@ async function pool<T>(items: T[], f: (x: T) => Promise<void>, width = 16): Prom
   }));
 }
 
-describe('fleet rollout simulation', () => {
+describe.each(FLEET_BACKENDS)('fleet rollout simulation (%s)', (backend) => {
+  let fixture: FleetDatabase | undefined;
+  let server: ServerProcess | undefined;
+  afterAll(async () => {
+    await server?.stop();
+    await fixture?.close();
+  });
+
   it('pauses itself on stage-2 failures, survives a restart, ignores replays', async () => {
-    server = await startServerProcess(db);
-    const admin = await adminToken(db);
+    fixture = await fleetDatabase(backend);
+    const { db, adminTokenFile } = fixture;
+    server = await startServerProcess(db, ['--admin-token-file', adminTokenFile]);
+    const admin = await adminToken(db, adminTokenFile);
     const prov = await api(server.url, admin, 'POST', '/v1/admin/provisioning-tokens', { channel: 'stable', tags: ['field'] });
     expect(prov.status).toBe(200);
 
@@ -96,7 +97,7 @@ describe('fleet rollout simulation', () => {
     expect(stage2.length).toBeLessThan(300);
     const before = await rollout();
     await server.kill();
-    server = await startServerProcess(db);
+    server = await startServerProcess(db, ['--admin-token-file', adminTokenFile]);
     url = server.url;
     for (const d of devices) d.remake(); // fresh clients: only the new URL and the device's key carry over
     expect(await rollout()).toEqual(before);

@@ -1,47 +1,82 @@
 import type { Command } from 'commander';
 import { existsSync } from 'node:fs';
-import { chmod, writeFile } from 'node:fs/promises';
+import { chmod, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EdgekitError } from '../util/errors.js';
+
+interface ServeOptions {
+  db: string;
+  adminTokenFile?: string;
+  repo?: string;
+  host: string;
+  port: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  dashboard: boolean;
+}
 
 /** `edgekit serve`: the fleet server (device check-ins and reports, rollouts, admin API, /metrics). */
 export function registerServe(program: Command): void {
   program
     .command('serve')
     .description('run the fleet server: devices check in and report, operators manage releases and staged rollouts')
-    .option('--db <file>', 'fleet database (SQLite)', 'fleet.db')
+    .option('--db <file|url>', 'fleet database: a SQLite file (or sqlite:<path>), or postgres://user:pass@host/db for servers sharing one database', 'fleet.db')
+    .option('--admin-token-file <file>', 'where the first admin token is written on an empty database (default: <db>.admin-token; fleet.admin-token for PostgreSQL)')
     .option('--repo <dir>', 'the static release repository devices download from (published separately); rollout costs are read from its targets metadata')
     .option('--host <address>', 'address to listen on', '127.0.0.1')
     .option('--port <n>', 'port to listen on (0: any free port)', '8480')
+    .option('--tls-cert <file>', 'serve HTTPS with this PEM certificate (chain); needs --tls-key')
+    .option('--tls-key <file>', 'the PEM private key of --tls-cert')
     .option('--no-dashboard', 'do not serve the web dashboard at /dashboard/')
-    .action(async (o: { db: string; repo?: string; host: string; port: string; dashboard: boolean }) => {
+    .action(async (o: ServeOptions) => {
       const port = Number(o.port);
       if (!Number.isInteger(port) || port < 0 || port > 65535) throw new EdgekitError(`--port: not a port number: ${o.port}`);
-      const [{ openSqliteStore }, { FleetService }, { startFleetServer }] = await Promise.all([
-        import('../fleet/store/sqlite.js'), import('../fleet/service.js'), import('../fleet/server.js'),
+      if (!o.tlsCert !== !o.tlsKey) throw new EdgekitError(o.tlsCert ? '--tls-cert needs --tls-key' : '--tls-key needs --tls-cert');
+      const tls = o.tlsCert && o.tlsKey ? { cert: await readPem(o.tlsCert, '--tls-cert'), key: await readPem(o.tlsKey, '--tls-key') } : undefined;
+      const log = (l: string) => process.stderr.write(`${l}\n`);
+      const [{ openFleetStore }, { FleetService }, { startFleetServer, checkTls }] = await Promise.all([
+        import('../fleet/store/open.js'), import('../fleet/service.js'), import('../fleet/server.js'),
       ]);
+      // Before the database is touched: a bad key or repository must not leave a first admin token behind.
+      if (tls) checkTls(tls);
       if (o.repo && !existsSync(join(o.repo, 'metadata', 'timestamp.json'))) {
         throw new EdgekitError(`--repo ${o.repo}: not a release repository (no metadata/timestamp.json; make one with edgekit repo init)`);
       }
-      const store = openSqliteStore(o.db);
-      const service = await FleetService.open(store);
-      const bootstrap = await service.bootstrapAdminToken();
-      if (bootstrap) {
+      const { store, defaultAdminTokenFile } = await openFleetStore(o.db, { log });
+      let running: Awaited<ReturnType<typeof startFleetServer>>;
+      try {
+        const service = await FleetService.open(store);
         // Written once, readable by the owner only: the only copy of the first admin token.
-        const file = `${o.db}.admin-token`;
-        await writeFile(file, `${bootstrap}\n`, { mode: 0o600, flag: 'wx' }).catch((err: NodeJS.ErrnoException) => {
-          throw new EdgekitError(`${file}: cannot write the first admin token: ${err.code ?? err.message}`);
-        });
-        await chmod(file, 0o600);
-        process.stdout.write(`edgekit serve: first admin token written to ${file}\n`);
+        const file = o.adminTokenFile ?? defaultAdminTokenFile;
+        const keep = async (token: string) => {
+          await writeFile(file, `${token}\n`, { mode: 0o600, flag: 'wx' }).catch((err: NodeJS.ErrnoException) => {
+            throw new EdgekitError(`${file}: cannot write the first admin token: ${err.code ?? err.message}`);
+          });
+          await chmod(file, 0o600);
+        };
+        if (await service.bootstrapAdminToken(keep, () => rm(file, { force: true }))) {
+          process.stdout.write(`edgekit serve: first admin token written to ${file}\n`);
+        }
+        running = await startFleetServer({ service, host: o.host, port, tls, repo: o.repo, dashboard: o.dashboard, log });
+        process.stdout.write(`edgekit serve: listening on ${running.url}${o.repo ? ` (release repository ${o.repo})` : ''}\n`);
+        if (o.dashboard) process.stdout.write(`edgekit serve: dashboard at ${running.url}/dashboard/ (sign in with an admin token)\n`);
+      } catch (err) {
+        // An open pool would keep the process alive after the error is printed.
+        await store.close().catch(() => {});
+        throw err;
       }
-      const running = await startFleetServer({ service, host: o.host, port, repo: o.repo, dashboard: o.dashboard, log: (l) => process.stderr.write(`${l}\n`) });
-      process.stdout.write(`edgekit serve: listening on ${running.url}${o.repo ? ` (release repository ${o.repo})` : ''}\n`);
-      if (o.dashboard) process.stdout.write(`edgekit serve: dashboard at ${running.url}/dashboard/ (sign in with an admin token)\n`);
       const stop = () => {
         void running.close().then(() => store.close()).then(() => process.exit(0));
       };
       process.once('SIGTERM', stop);
       process.once('SIGINT', stop);
     });
+}
+
+async function readPem(file: string, option: string): Promise<Buffer> {
+  const data = await readFile(file).catch((err: NodeJS.ErrnoException) => {
+    throw new EdgekitError(`${option} ${file}: cannot read: ${err.code ?? err.message}`);
+  });
+  if (!data.includes('-----BEGIN ')) throw new EdgekitError(`${option} ${file}: not a PEM file (no -----BEGIN line)`);
+  return data;
 }

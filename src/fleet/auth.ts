@@ -1,15 +1,16 @@
 /**
- * Credentials: device bearer tokens (HMAC-signed with a per-server secret kept in the store, so a
- * restarted server honours tokens it issued), one-use handshake nonces, and admin/provisioning tokens
- * (random; only their sha256 is stored).
+ * Credentials: device bearer tokens and handshake nonces (both HMAC-signed with a per-server-fleet
+ * secret kept in the store, so any server sharing the database checks what another issued, and a
+ * restarted server honours them), and admin/provisioning tokens (random; only their sha256 is stored).
+ * A nonce carries its device id and expiry under the MAC, so issuing one writes nothing; the store
+ * only remembers nonces presented, to make each one single-use.
  */
 import { createHash, createHmac, createPublicKey, randomBytes, timingSafeEqual, verify } from 'node:crypto';
 import { authMessage } from './protocol/messages.js';
 import type { Scope } from './store/store.js';
 
 export const DEVICE_TOKEN_SECONDS = 15 * 60;
-const NONCE_SECONDS = 60;
-const MAX_OUTSTANDING_NONCES = 100_000;
+export const NONCE_SECONDS = 60;
 
 export const SCOPE_RANK: Record<Scope, number> = { read: 0, operator: 1, admin: 2 };
 
@@ -21,27 +22,31 @@ export function newSecretToken(prefix: string): string {
   return `${prefix}_${randomBytes(24).toString('base64url')}`;
 }
 
+export type HandshakeCheck = 'ok' | 'bad-nonce' | 'bad-key' | 'bad-signature';
+
 export class DeviceTokens {
-  private readonly nonces = new Map<string, { deviceId: string; expires: number }>();
   constructor(private readonly secret: Buffer, private readonly now: () => number) {}
 
+  /** A nonce only `deviceId` can use, for NONCE_SECONDS: random part, expiry (unix ms), MAC. */
   issueNonce(deviceId: string): string {
-    const t = this.now();
-    if (this.nonces.size >= MAX_OUTSTANDING_NONCES) {
-      for (const [n, v] of this.nonces) if (v.expires <= t) this.nonces.delete(n);
-      // Still full: drop the oldest rather than grow without bound.
-      while (this.nonces.size >= MAX_OUTSTANDING_NONCES) this.nonces.delete(this.nonces.keys().next().value!);
-    }
-    const nonce = randomBytes(18).toString('base64url');
-    this.nonces.set(nonce, { deviceId, expires: t + NONCE_SECONDS * 1000 });
-    return nonce;
+    const rand = randomBytes(16).toString('base64url');
+    const expires = this.now() + NONCE_SECONDS * 1000;
+    return `${rand}.${expires}.${this.mac(nonceBody(deviceId, rand, expires))}`;
   }
 
-  /** Consumes the nonce (one use) and checks the device's signature over it. */
-  verifyHandshake(deviceId: string, nonce: string, publicKeyPem: string, signatureB64: string): 'ok' | 'bad-nonce' | 'bad-key' | 'bad-signature' {
-    const n = this.nonces.get(nonce);
-    this.nonces.delete(nonce);
-    if (!n || n.deviceId !== deviceId || n.expires <= this.now()) return 'bad-nonce';
+  /**
+   * Checks the nonce was issued to this device and is unexpired, consumes it (one use, through
+   * `consume`, which answers false for a nonce seen before) and checks the device's signature over it.
+   * The nonce is consumed before the signature is checked: a wrong signature burns it too.
+   */
+  async verifyHandshake(
+    deviceId: string, nonce: string, publicKeyPem: string, signatureB64: string, consume: (nonce: string, expiresAt: number) => Promise<boolean>,
+  ): Promise<HandshakeCheck> {
+    const m = /^([A-Za-z0-9_-]{22})\.(\d{1,15})\.([A-Za-z0-9_-]{43})$/.exec(nonce);
+    if (!m) return 'bad-nonce';
+    const expires = Number(m[2]);
+    if (!this.macMatches(nonceBody(deviceId, m[1], expires), m[3]) || expires <= this.now()) return 'bad-nonce';
+    if (!(await consume(nonce, expires))) return 'bad-nonce';
     let key;
     try {
       key = createPublicKey(publicKeyPem);
@@ -64,15 +69,23 @@ export class DeviceTokens {
   checkToken(token: string): string | null {
     const m = /^dev\.([A-Za-z0-9_-]+)\.(\d{1,12})\.([A-Za-z0-9_-]+)$/.exec(token);
     if (!m) return null;
-    const body = `${m[1]}.${m[2]}`;
-    const want = Buffer.from(this.mac(body));
-    const got = Buffer.from(m[3]);
-    if (want.length !== got.length || !timingSafeEqual(want, got)) return null;
+    if (!this.macMatches(`${m[1]}.${m[2]}`, m[3])) return null;
     if (Number(m[2]) * 1000 <= this.now()) return null;
     return Buffer.from(m[1], 'base64url').toString('utf8');
+  }
+
+  private macMatches(body: string, mac: string): boolean {
+    const want = Buffer.from(this.mac(body));
+    const got = Buffer.from(mac);
+    return want.length === got.length && timingSafeEqual(want, got);
   }
 
   private mac(body: string): string {
     return createHmac('sha256', this.secret).update(body).digest('base64url');
   }
+}
+
+/** What a nonce's MAC covers. Starts with a context word and holds newlines, so it never equals a token body. */
+function nonceBody(deviceId: string, rand: string, expires: number): string {
+  return `nonce\n${deviceId}\n${rand}\n${expires}`;
 }

@@ -3,9 +3,12 @@
  * failure a client can cause answered with a 4xx and a one-line reason. A handler that throws
  * anything else is a bug: the request gets a 500 and the server keeps serving.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type RequestListener, type Server, type ServerResponse } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
+import { createSecureContext } from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import type { z } from 'zod';
+import { EdgekitError } from '../util/errors.js';
 import { SCOPE_RANK } from './auth.js';
 import { rolloutCost } from './cost.js';
 import { DASHBOARD_HEADERS, loadDashboardAssets, type Asset } from './dashboard-assets.js';
@@ -16,7 +19,6 @@ import { DEVICE_PATHS } from './protocol/messages.js';
 import * as S from './schemas.js';
 import { FleetError, FleetService, type Actor } from './service.js';
 import type { DeviceStatus, RolloutRow, Scope } from './store/store.js';
-import { EdgekitError } from '../util/errors.js';
 
 const MAX_BODY = 64 * 1024;
 
@@ -46,6 +48,8 @@ export interface FleetServerOptions {
   host?: string;
   port?: number;
   tickMs?: number;
+  /** PEM certificate chain and private key: serve HTTPS. */
+  tls?: { cert: Buffer; key: Buffer };
   log?: (line: string) => void;
   /** The release repository folder: rollout costs are read from its targets metadata. */
   repo?: string;
@@ -58,9 +62,11 @@ export async function startFleetServer(o: FleetServerOptions): Promise<RunningSe
   const routes = buildRoutes(o.service, metrics, { repo: o.repo });
   if (o.dashboard ?? true) addDashboardRoutes(routes, await loadDashboardAssets());
   const log = o.log ?? (() => {});
-  const server = createServer((req, res) => {
+  const listener: RequestListener = (req, res) => {
     void handle(routes, metrics, req, res, log);
-  });
+  };
+  if (o.tls) checkTls(o.tls);
+  const server: Server = o.tls ? createTlsServer({ cert: o.tls.cert, key: o.tls.key }, listener) : createServer(listener);
   server.keepAliveTimeout = 30_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -71,7 +77,7 @@ export async function startFleetServer(o: FleetServerOptions): Promise<RunningSe
   const a = server.address() as AddressInfo;
   return {
     server,
-    url: `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`,
+    url: `${o.tls ? 'https' : 'http'}://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`,
     close: () => {
       clearInterval(tick);
       return new Promise((resolve) => {
@@ -80,6 +86,15 @@ export async function startFleetServer(o: FleetServerOptions): Promise<RunningSe
       });
     },
   };
+}
+
+/** Throws a one-line error unless the certificate and key load and belong together. */
+export function checkTls(tls: { cert: Buffer; key: Buffer }): void {
+  try {
+    createSecureContext({ cert: tls.cert, key: tls.key });
+  } catch (err) {
+    throw new EdgekitError(`TLS certificate or key not usable: ${(err as Error).message}`);
+  }
 }
 
 async function handle(routes: Route[], metrics: Metrics, req: IncomingMessage, res: ServerResponse, log: (line: string) => void): Promise<void> {

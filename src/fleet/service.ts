@@ -4,11 +4,11 @@
  * arrives and on a periodic tick (for stage waits).
  */
 import { randomBytes } from 'node:crypto';
-import { DeviceTokens, DEVICE_TOKEN_SECONDS, hashToken, newSecretToken } from './auth.js';
+import { DeviceTokens, DEVICE_TOKEN_SECONDS, hashToken, newSecretToken, NONCE_SECONDS } from './auth.js';
 import type { AuthRequest, AuthResponse, CheckInRequest, CheckInResponse, ReportRequest, ReportResponse } from './protocol/messages.js';
 import { decide, deviceBucket, matchesFilter, stageOfBucket, stagesProblem, type StageTally } from './rollout.js';
 import type {
-  AdminTokenRow, DeviceRow, FleetStore, MaintenanceWindow, MemberCounts, MemberState, RolloutFilter, RolloutRow, RolloutStage, Scope,
+  AdminTokenRow, AuditRow, DeviceRow, FleetStore, MaintenanceWindow, MemberCounts, MemberState, RolloutFilter, RolloutRow, RolloutStage, Scope,
 } from './store/store.js';
 import { inWindow, windowProblem } from './windows.js';
 
@@ -38,6 +38,8 @@ const REPORT_TO_MEMBER: Partial<Record<ReportRequest['state'], MemberState>> = {
 };
 
 export const DEFAULT_CHANNEL = 'stable';
+/** Used nonces are kept this long past their expiry, so servers whose clocks differ by less still refuse a replay. */
+const NONCE_KEEP_MS = (NONCE_SECONDS + 600) * 1000;
 
 export class FleetService {
   private constructor(readonly store: FleetStore, readonly tokens: DeviceTokens, private readonly now: () => number) {}
@@ -49,10 +51,22 @@ export class FleetService {
     return new FleetService(store, new DeviceTokens(Buffer.from(secret, 'base64'), now), now);
   }
 
-  /** Creates the first admin token when there is none; returns it (to hand to the operator once) or null. */
-  async bootstrapAdminToken(): Promise<string | null> {
+  /**
+   * Creates the first admin token when there is none. `keep` saves it for the operator before it is
+   * stored (so a token that could not be saved never locks anyone out); returns the token or null
+   * when there was one already. Several servers may start at once on an empty database: the store
+   * lets one of them win, and the others' `discard` undoes their `keep`.
+   */
+  async bootstrapAdminToken(keep: (token: string) => Promise<void>, discard: () => Promise<void>): Promise<string | null> {
     if ((await this.store.countAdminTokens()) > 0) return null;
-    return (await this.createAdminToken(null, 'bootstrap', 'admin')).token;
+    const { token, row, hash } = this.newAdminToken('bootstrap', 'admin');
+    await keep(token);
+    if (!(await this.store.insertFirstAdminToken({ ...row, hash }))) {
+      await discard();
+      return null;
+    }
+    await this.audit(null, 'token.create', row.id, { name: row.name, scope: row.scope });
+    return token;
   }
 
   // ---- devices ----
@@ -62,14 +76,11 @@ export class FleetService {
   }
 
   async authenticate(req: AuthRequest): Promise<AuthResponse> {
-    const check = this.tokens.verifyHandshake(req.deviceId, req.nonce, req.publicKey, req.signature);
+    const check = await this.tokens.verifyHandshake(req.deviceId, req.nonce, req.publicKey, req.signature, (n, e) => this.store.consumeNonce(n, e));
     if (check === 'bad-nonce') throw new FleetError(401, 'unknown, used or expired nonce: ask /v1/device/hello again');
     if (check === 'bad-key') throw new FleetError(400, 'publicKey: not an ed25519 public key (SPKI PEM)');
     if (check === 'bad-signature') throw new FleetError(401, 'signature does not verify with the given public key');
     let device = await this.store.getDevice(req.deviceId);
-    if (device && normalisePem(device.publicKey) !== normalisePem(req.publicKey)) {
-      throw new FleetError(403, `device ${req.deviceId} is registered with another key`);
-    }
     if (!device) {
       const prov = req.provisioningToken ? await this.store.findProvisioningToken(hashToken(req.provisioningToken)) : null;
       const valid = prov && (prov.expiresAt === null || prov.expiresAt > this.now());
@@ -77,7 +88,11 @@ export class FleetService {
         id: req.deviceId, publicKey: req.publicKey, status: valid ? 'accepted' : 'pending', channel: valid ? prov.channel : DEFAULT_CHANNEL,
         tags: valid ? prov.tags : [], createdAt: this.now(),
       });
+      // Another server may have registered the id meanwhile (insertDevice then changes nothing): the stored key decides.
       device = (await this.store.getDevice(req.deviceId))!;
+    }
+    if (normalisePem(device.publicKey) !== normalisePem(req.publicKey)) {
+      throw new FleetError(403, `device ${req.deviceId} is registered with another key`);
     }
     if (device.status === 'rejected') throw new FleetError(403, `device ${req.deviceId} was rejected by an operator`);
     if (device.status === 'pending') return { status: 'pending' };
@@ -111,7 +126,8 @@ export class FleetService {
         const stage = stageOfBucket(r.stages, deviceBucket(r.id, device.id));
         if (stage > r.stage) continue;
         if (!open) return { release: null };
-        await this.store.addMember({ rolloutId: r.id, deviceId: device.id, stage, state: 'offered', updatedAt: this.now() });
+        // False when another server paused or aborted the rollout since it was read.
+        if (!(await this.store.addMember({ rolloutId: r.id, deviceId: device.id, stage, state: 'offered', updatedAt: this.now() }))) continue;
       }
       return { release: { version: r.version, channel: r.channel, rolloutId: r.id } };
     }
@@ -131,20 +147,30 @@ export class FleetService {
 
   // ---- rollouts ----
 
-  /** Applies what the rollout's counts call for, repeatedly (a stage with no wait can open the next at once). */
+  /**
+   * Applies what the rollout's counts call for, repeatedly (a stage with no wait can open the next at
+   * once). Every server judges rollouts (on reports and on its tick); each transition is a
+   * compare-and-set on the state and stage read, so it happens once, and it is audited with it.
+   */
   async evaluate(rolloutId: string): Promise<void> {
     for (let guard = 0; guard < 100; guard++) {
       const r = await this.store.getRollout(rolloutId);
       if (!r) return;
       const d = decide(r, await this.tally(r), this.now());
       if (d.kind === 'none') return;
-      if (d.kind === 'pause') return this.store.updateRollout(r.id, { state: 'paused', reason: d.reason });
-      if (d.kind === 'complete') return this.store.updateRollout(r.id, { state: 'completed', reason: null });
-      await this.store.updateRollout(r.id, { stage: d.stage, stageStartedAt: this.now() });
+      const was = { state: r.state, stage: r.stage };
+      const moved = d.kind === 'pause'
+        ? await this.store.transitionRollout(r.id, was, { state: 'paused', reason: d.reason }, this.auditEntry(null, 'rollout.auto-pause', r.id, { stage: r.stage, reason: d.reason }))
+        : d.kind === 'complete'
+          ? await this.store.transitionRollout(r.id, was, { state: 'completed', reason: null }, this.auditEntry(null, 'rollout.complete', r.id, { stage: r.stage }))
+          : await this.store.transitionRollout(r.id, was, { stage: d.stage, stageStartedAt: this.now() }, this.auditEntry(null, 'rollout.advance', r.id, { stage: d.stage }));
+      // Not moved: another server got there first; judge again from what is stored now.
+      if (moved && d.kind !== 'advance') return;
     }
   }
 
   async tick(): Promise<void> {
+    await this.store.pruneNonces(this.now() - NONCE_KEEP_MS);
     for (const r of await this.store.listRollouts({ states: ['running'] })) await this.evaluate(r.id);
   }
 
@@ -202,13 +228,16 @@ export class FleetService {
   }
 
   async setRolloutState(actor: Actor, id: string, action: 'pause' | 'resume' | 'abort'): Promise<RolloutStatus> {
-    const r = await this.store.getRollout(id);
-    if (!r) throw new FleetError(404, `no rollout ${id}`);
     const allowed: Record<typeof action, string[]> = { pause: ['running'], resume: ['paused'], abort: ['running', 'paused'] };
-    if (!allowed[action].includes(r.state)) throw new FleetError(409, `rollout ${id} is ${r.state}: cannot ${action}`);
     const state = action === 'pause' ? 'paused' : action === 'resume' ? 'running' : 'aborted';
-    await this.store.updateRollout(id, { state, reason: action === 'resume' ? null : `${state} by ${actor.name}` });
-    await this.audit(actor, `rollout.${action}`, id, null);
+    // Read, check, compare-and-set: a stage advance or pause by a server in between means reading again.
+    for (;;) {
+      const r = await this.store.getRollout(id);
+      if (!r) throw new FleetError(404, `no rollout ${id}`);
+      if (!allowed[action].includes(r.state)) throw new FleetError(409, `rollout ${id} is ${r.state}: cannot ${action}`);
+      const patch = { state, reason: action === 'resume' ? null : `${state} by ${actor.name}` } as const;
+      if (await this.store.transitionRollout(id, { state: r.state, stage: r.stage }, patch, this.auditEntry(actor, `rollout.${action}`, id, null))) break;
+    }
     // A resumed rollout is judged again at once: one whose failures still exceed the limit pauses again.
     if (action === 'resume') await this.evaluate(id);
     return this.rolloutStatus(id);
@@ -217,7 +246,12 @@ export class FleetService {
   // ---- admin ----
 
   async audit(actor: Actor | null, action: string, target: string, detail: unknown): Promise<void> {
-    await this.store.appendAudit({ at: this.now(), actor: actor ? `${actor.name} (${actor.tokenId})` : 'server', action, target, detail });
+    await this.store.appendAudit(this.auditEntry(actor, action, target, detail));
+  }
+
+  /** An audit entry; no actor: the server did it by itself (e.g. a rollout's automatic stage advance). */
+  private auditEntry(actor: Actor | null, action: string, target: string, detail: unknown): Omit<AuditRow, 'seq'> {
+    return { at: this.now(), actor: actor ? `${actor.name} (${actor.tokenId})` : 'server', action, target, detail };
   }
 
   async adminOf(token: string | null): Promise<Actor> {
@@ -228,11 +262,15 @@ export class FleetService {
   }
 
   async createAdminToken(actor: Actor | null, name: string, scope: Scope): Promise<{ token: string } & AdminTokenRow> {
-    const token = newSecretToken('adm');
-    const row: AdminTokenRow = { id: `tok_${randomBytes(6).toString('hex')}`, name, scope, createdAt: this.now() };
-    await this.store.insertAdminToken({ ...row, hash: hashToken(token) });
+    const { token, row, hash } = this.newAdminToken(name, scope);
+    await this.store.insertAdminToken({ ...row, hash });
     await this.audit(actor, 'token.create', row.id, { name, scope });
     return { token, ...row };
+  }
+
+  private newAdminToken(name: string, scope: Scope): { token: string; row: AdminTokenRow; hash: string } {
+    const token = newSecretToken('adm');
+    return { token, row: { id: `tok_${randomBytes(6).toString('hex')}`, name, scope, createdAt: this.now() }, hash: hashToken(token) };
   }
 
   async createProvisioningToken(actor: Actor, o: { channel: string; tags: string[]; expiresInSeconds: number | null }): Promise<{ token: string; id: string }> {

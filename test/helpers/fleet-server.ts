@@ -18,7 +18,7 @@ export async function startServerProcess(db: string, args: string[] = []): Promi
     let out = '';
     child.stdout!.on('data', (c: Buffer) => {
       out += c.toString();
-      const m = /listening on (http:\/\/\S+)/.exec(out);
+      const m = /listening on (https?:\/\/\S+)/.exec(out);
       if (m) resolve(m[1]);
     });
     child.once('exit', (code) => reject(new Error(`edgekit serve exited ${code}: ${err}${out}`)));
@@ -38,8 +38,9 @@ export async function startServerProcess(db: string, args: string[] = []): Promi
   };
 }
 
-export async function adminToken(db: string): Promise<string> {
-  return (await readFile(`${db}.admin-token`, 'utf8')).trim();
+/** The first admin token of a SQLite database at its default place, or from `file`. */
+export async function adminToken(db: string, file = `${db}.admin-token`): Promise<string> {
+  return (await readFile(file, 'utf8')).trim();
 }
 
 export async function api(url: string, token: string | null, method: string, path: string, body?: unknown, rawBody?: string): Promise<{ status: number; body: any }> {

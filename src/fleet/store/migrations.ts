@@ -33,7 +33,13 @@ export const MIGRATIONS: string[][] = [
       seq BIGINT PRIMARY KEY, at BIGINT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,
       detail TEXT NOT NULL)`,
   ],
-  // 2: maintenance windows of a rollout (JSON list of {start, end, days?}; NULL: any time), and the
+  // 2: handshake nonces already presented: any server checks a nonce's signature, this table makes it
+  // single-use across servers.
+  [
+    `CREATE TABLE used_nonces (nonce TEXT PRIMARY KEY, expires_at BIGINT NOT NULL)`,
+    `CREATE INDEX used_nonces_expiry ON used_nonces (expires_at)`,
+  ],
+  // 3: maintenance windows of a rollout (JSON list of {start, end, days?}; NULL: any time), and the
   // index that lists a device's reports newest first for its history.
   [
     `ALTER TABLE rollouts ADD COLUMN windows TEXT`,

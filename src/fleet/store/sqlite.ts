@@ -5,12 +5,14 @@
 import Database from 'better-sqlite3';
 import { EdgekitError } from '../../util/errors.js';
 import { MIGRATIONS } from './migrations.js';
+import {
+  adminTokenOf, deviceOf, json, memberCountsOf, memberOf, parse, provisioningTokenOf, releaseOf, reportOf, rolloutOf, ROLLOUT_PATCH_COLUMNS, str,
+  windowsColumn, type Row,
+} from './rows.js';
 import type {
-  AdminTokenRow, AuditRow, ChannelRow, CheckInUpdate, DeviceQuery, DeviceRow, DeviceStatus, FleetStore, MaintenanceWindow, MemberCounts,
-  MemberRow, MemberState, ProvisioningTokenRow, RolloutCandidate, ReleaseRow, RolloutRow, RolloutState, StoredReport,
+  AdminTokenRow, AuditRow, ChannelRow, CheckInUpdate, DeviceQuery, DeviceRow, DeviceStatus, FleetStore, MemberCounts,
+  MemberRow, MemberState, ProvisioningTokenRow, RolloutCandidate, ReleaseRow, RolloutPatch, RolloutRow, RolloutState, StoredReport,
 } from './store.js';
-
-type Row = Record<string, unknown>;
 
 export function openSqliteStore(file: string): FleetStore {
   let db: Database.Database;
@@ -23,11 +25,6 @@ export function openSqliteStore(file: string): FleetStore {
   }
   return new SqliteStore(db);
 }
-
-const json = (v: unknown) => JSON.stringify(v);
-const parse = <T>(v: unknown): T => JSON.parse(String(v)) as T;
-const num = (v: unknown) => (v === null || v === undefined ? null : Number(v));
-const str = (v: unknown) => (v === null || v === undefined ? null : String(v));
 
 class SqliteStore implements FleetStore {
   private readonly stmts = new Map<string, Database.Statement>();
@@ -67,21 +64,7 @@ class SqliteStore implements FleetStore {
 
   private device(r: Row): DeviceRow {
     const report = r.last_report_id ? this.q(`SELECT * FROM reports WHERE device_id = ? AND id = ?`).get(r.id, r.last_report_id) as Row : null;
-    return {
-      id: String(r.id),
-      publicKey: String(r.public_key),
-      status: r.status as DeviceStatus,
-      board: str(r.board),
-      channel: String(r.channel),
-      tags: parse<string[]>(r.tags),
-      version: str(r.version),
-      previousVersion: str(r.previous_version),
-      slot: str(r.slot),
-      slotState: r.slot_state ? parse<Record<string, string>>(r.slot_state) : null,
-      lastSeen: num(r.last_seen),
-      lastReport: report ? reportOf(report) : null,
-      createdAt: Number(r.created_at),
-    };
+    return deviceOf(r, report ? reportOf(report) : null);
   }
 
   async getDevice(id: string): Promise<DeviceRow | null> {
@@ -90,7 +73,7 @@ class SqliteStore implements FleetStore {
   }
 
   async insertDevice(d: Pick<DeviceRow, 'id' | 'publicKey' | 'status' | 'channel' | 'tags' | 'createdAt'>): Promise<void> {
-    this.q(`INSERT INTO devices (id, public_key, status, channel, tags, created_at) VALUES (?, ?, ?, ?, ?, ?)`)
+    this.q(`INSERT INTO devices (id, public_key, status, channel, tags, created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`)
       .run(d.id, d.publicKey, d.status, d.channel, json([...d.tags].sort()), d.createdAt);
   }
 
@@ -176,7 +159,7 @@ class SqliteStore implements FleetStore {
   async insertRollout(r: RolloutRow): Promise<void> {
     this.q(`INSERT INTO rollouts (id, version, channel, filter, stages, max_failure_ratio, min_success_ratio, windows, state, stage, stage_started_at, reason, created_at)
       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-      .run(r.id, r.version, r.channel, json(r.filter), json(r.stages), r.maxFailureRatio, r.minSuccessRatio, r.windows.length ? json(r.windows) : null,
+      .run(r.id, r.version, r.channel, json(r.filter), json(r.stages), r.maxFailureRatio, r.minSuccessRatio, windowsColumn(r.windows),
         r.state, r.stage, r.stageStartedAt, r.reason, r.createdAt);
   }
 
@@ -190,11 +173,14 @@ class SqliteStore implements FleetStore {
     return rows.filter((r) => (!q.channel || r.channel === q.channel) && (!q.states || q.states.includes(r.state)));
   }
 
-  async updateRollout(id: string, patch: Partial<Pick<RolloutRow, 'state' | 'stage' | 'stageStartedAt' | 'reason'>>): Promise<void> {
-    const cols: Record<string, string> = { state: 'state', stage: 'stage', stageStartedAt: 'stage_started_at', reason: 'reason' };
-    const keys = Object.keys(patch).filter((k) => k in cols) as Array<keyof typeof patch>;
-    if (!keys.length) return;
-    this.db.prepare(`UPDATE rollouts SET ${keys.map((k) => `${cols[k]} = ?`).join(', ')} WHERE id = ?`).run(...keys.map((k) => patch[k] ?? null), id);
+  async transitionRollout(id: string, expect: Pick<RolloutRow, 'state' | 'stage'>, patch: RolloutPatch, audit: Omit<AuditRow, 'seq'> | null): Promise<boolean> {
+    const keys = Object.keys(patch).filter((k) => k in ROLLOUT_PATCH_COLUMNS) as Array<keyof RolloutPatch>;
+    return this.db.transaction(() => {
+      const changed = this.db.prepare(`UPDATE rollouts SET ${keys.map((k) => `${ROLLOUT_PATCH_COLUMNS[k]} = ?`).join(', ') || 'id = id'} WHERE id = ? AND state = ? AND stage = ?`)
+        .run(...keys.map((k) => patch[k] ?? null), id, expect.state, expect.stage).changes > 0;
+      if (changed && audit) this.audit(audit);
+      return changed;
+    })();
   }
 
   async getMember(rolloutId: string, deviceId: string): Promise<MemberRow | null> {
@@ -202,9 +188,15 @@ class SqliteStore implements FleetStore {
     return r ? memberOf(r) : null;
   }
 
-  async addMember(m: MemberRow): Promise<void> {
-    this.q(`INSERT INTO rollout_members (rollout_id, device_id, stage, state, updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (rollout_id, device_id) DO NOTHING`)
-      .run(m.rolloutId, m.deviceId, m.stage, m.state, m.updatedAt);
+  async addMember(m: MemberRow): Promise<boolean> {
+    // The row is added only while the rollout offers that stage; a member already there stays.
+    return this.db.transaction(() => {
+      const open = this.q(`SELECT 1 FROM rollouts WHERE id = ? AND state IN ('running', 'completed') AND stage >= ?`).get(m.rolloutId, m.stage);
+      if (!open) return false;
+      this.q(`INSERT INTO rollout_members (rollout_id, device_id, stage, state, updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (rollout_id, device_id) DO NOTHING`)
+        .run(m.rolloutId, m.deviceId, m.stage, m.state, m.updatedAt);
+      return true;
+    })();
   }
 
   async listMembers(rolloutId: string): Promise<MemberRow[]> {
@@ -212,16 +204,7 @@ class SqliteStore implements FleetStore {
   }
 
   async memberCounts(rolloutId: string): Promise<MemberCounts> {
-    const rows = this.q(`SELECT state, COUNT(*) AS n FROM rollout_members WHERE rollout_id = ? GROUP BY state`).all(rolloutId) as Row[];
-    const c: MemberCounts = { offered: 0, inProgress: 0, succeeded: 0, failed: 0 };
-    for (const r of rows) {
-      const n = Number(r.n);
-      c.offered += n;
-      if (r.state === 'succeeded') c.succeeded += n;
-      else if (r.state === 'failed') c.failed += n;
-      else if (r.state !== 'offered') c.inProgress += n;
-    }
-    return c;
+    return memberCountsOf(this.q(`SELECT state, COUNT(*) AS n FROM rollout_members WHERE rollout_id = ? GROUP BY state`).all(rolloutId) as Row[]);
   }
 
   async findMembership(deviceId: string, version: string): Promise<MemberRow | null> {
@@ -232,6 +215,14 @@ class SqliteStore implements FleetStore {
 
   async insertAdminToken(t: AdminTokenRow & { hash: string }): Promise<void> {
     this.q(`INSERT INTO admin_tokens (id, hash, name, scope, created_at) VALUES (?, ?, ?, ?, ?)`).run(t.id, t.hash, t.name, t.scope, t.createdAt);
+  }
+
+  async insertFirstAdminToken(t: AdminTokenRow & { hash: string }): Promise<boolean> {
+    return this.db.transaction(() => {
+      if (Number((this.q(`SELECT COUNT(*) AS n FROM admin_tokens`).get() as Row).n) > 0) return false;
+      this.q(`INSERT INTO admin_tokens (id, hash, name, scope, created_at) VALUES (?, ?, ?, ?, ?)`).run(t.id, t.hash, t.name, t.scope, t.createdAt);
+      return true;
+    }).immediate();
   }
 
   async findAdminToken(hash: string): Promise<AdminTokenRow | null> {
@@ -254,14 +245,24 @@ class SqliteStore implements FleetStore {
 
   async findProvisioningToken(hash: string): Promise<ProvisioningTokenRow | null> {
     const r = this.q(`SELECT * FROM provisioning_tokens WHERE hash = ?`).get(hash) as Row | undefined;
-    return r ? { id: String(r.id), channel: String(r.channel), tags: parse<string[]>(r.tags), expiresAt: num(r.expires_at), createdAt: Number(r.created_at) } : null;
+    return r ? provisioningTokenOf(r) : null;
+  }
+
+  async consumeNonce(nonce: string, expiresAt: number): Promise<boolean> {
+    return this.q(`INSERT INTO used_nonces (nonce, expires_at) VALUES (?, ?) ON CONFLICT (nonce) DO NOTHING`).run(nonce, expiresAt).changes > 0;
+  }
+
+  async pruneNonces(before: number): Promise<void> {
+    this.q(`DELETE FROM used_nonces WHERE expires_at < ?`).run(before);
   }
 
   async appendAudit(a: Omit<AuditRow, 'seq'>): Promise<void> {
-    this.db.transaction(() => {
-      const seq = Number((this.q(`SELECT COALESCE(MAX(seq), 0) + 1 AS s FROM audit`).get() as Row).s);
-      this.q(`INSERT INTO audit (seq, at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?, ?)`).run(seq, a.at, a.actor, a.action, a.target, json(a.detail ?? null));
-    })();
+    this.db.transaction(() => this.audit(a))();
+  }
+
+  private audit(a: Omit<AuditRow, 'seq'>): void {
+    const seq = Number((this.q(`SELECT COALESCE(MAX(seq), 0) + 1 AS s FROM audit`).get() as Row).s);
+    this.q(`INSERT INTO audit (seq, at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?, ?)`).run(seq, a.at, a.actor, a.action, a.target, json(a.detail ?? null));
   }
 
   async listAudit(limit: number): Promise<AuditRow[]> {
@@ -277,32 +278,4 @@ class SqliteStore implements FleetStore {
   async reportCountsByState(): Promise<Record<string, number>> {
     return Object.fromEntries((this.q(`SELECT state, COUNT(*) AS n FROM reports GROUP BY state ORDER BY state`).all() as Row[]).map((r) => [String(r.state), Number(r.n)]));
   }
-}
-
-function reportOf(r: Row): StoredReport {
-  return {
-    id: String(r.id), deviceId: String(r.device_id), state: String(r.state), version: str(r.version), running: String(r.running),
-    slot: String(r.slot), reason: str(r.reason), receivedAt: Number(r.received_at),
-  };
-}
-
-function releaseOf(r: Row): ReleaseRow {
-  return { version: String(r.version), channel: String(r.channel), board: str(r.board), createdAt: Number(r.created_at) };
-}
-
-function rolloutOf(r: Row): RolloutRow {
-  return {
-    id: String(r.id), version: String(r.version), channel: String(r.channel), filter: parse(r.filter), stages: parse(r.stages),
-    maxFailureRatio: Number(r.max_failure_ratio), minSuccessRatio: Number(r.min_success_ratio),
-    windows: r.windows ? parse<MaintenanceWindow[]>(r.windows) : [], state: r.state as RolloutState,
-    stage: Number(r.stage), stageStartedAt: Number(r.stage_started_at), reason: str(r.reason), createdAt: Number(r.created_at),
-  };
-}
-
-function memberOf(r: Row): MemberRow {
-  return { rolloutId: String(r.rollout_id), deviceId: String(r.device_id), stage: Number(r.stage), state: r.state as MemberState, updatedAt: Number(r.updated_at) };
-}
-
-function adminTokenOf(r: Row): AdminTokenRow {
-  return { id: String(r.id), name: String(r.name), scope: r.scope as AdminTokenRow['scope'], createdAt: Number(r.created_at) };
 }

@@ -1,8 +1,10 @@
 /**
  * What the fleet server keeps, behind one interface. Each method is one whole domain operation
  * (it runs in one transaction inside the store), so the engine holds no SQL and no transaction
- * handles: a PostgreSQL store implements the same methods with its own SQL. Every method is async
- * for that reason, even though the SQLite one answers synchronously.
+ * handles: the SQLite and PostgreSQL stores implement the same methods with their own SQL. Every
+ * method is async for that reason, even though the SQLite one answers synchronously. Nothing a
+ * request depends on lives in a server's memory, so several servers can share one PostgreSQL
+ * database and any of them can answer any request.
  */
 
 export type DeviceStatus = 'pending' | 'accepted' | 'rejected';
@@ -160,6 +162,8 @@ export interface CheckInUpdate {
   at: number;
 }
 
+export type RolloutPatch = Partial<Pick<RolloutRow, 'state' | 'stage' | 'stageStartedAt' | 'reason'>>;
+
 export interface FleetStore {
   /** Apply pending schema migrations; returns the schema version now in place. */
   migrate(): Promise<number>;
@@ -170,6 +174,7 @@ export interface FleetStore {
   initSetting(key: string, value: string): Promise<string>;
 
   getDevice(id: string): Promise<DeviceRow | null>;
+  /** No-op when the id is taken (another server registered it first). */
   insertDevice(d: Pick<DeviceRow, 'id' | 'publicKey' | 'status' | 'channel' | 'tags' | 'createdAt'>): Promise<void>;
   listDevices(q: DeviceQuery): Promise<DeviceRow[]>;
   /** The few fields rollout membership needs, for every accepted device of a channel. */
@@ -195,22 +200,44 @@ export interface FleetStore {
   insertRollout(r: RolloutRow): Promise<void>;
   getRollout(id: string): Promise<RolloutRow | null>;
   listRollouts(q?: { channel?: string; states?: RolloutState[] }): Promise<RolloutRow[]>;
-  updateRollout(id: string, patch: Partial<Pick<RolloutRow, 'state' | 'stage' | 'stageStartedAt' | 'reason'>>): Promise<void>;
+  /**
+   * Compare-and-set: applies the patch (and appends the audit entry, in the same transaction) only
+   * while the rollout is still in `expect`'s state and stage. Returns false when it was not (another
+   * server or request moved it first): several servers judge the same rollout, and each transition
+   * must happen once.
+   */
+  transitionRollout(id: string, expect: Pick<RolloutRow, 'state' | 'stage'>, patch: RolloutPatch, audit: Omit<AuditRow, 'seq'> | null): Promise<boolean>;
   getMember(rolloutId: string, deviceId: string): Promise<MemberRow | null>;
-  /** Records that the device was offered the release in `stage` (no-op when already a member). */
-  addMember(m: MemberRow): Promise<void>;
+  /**
+   * Records that the device was offered the release in `m.stage`, only while the rollout offers it:
+   * running or completed with stage `m.stage` open (checked under a lock on the rollout, so an offer
+   * never lands after a concurrent pause or abort). True when the device is a member afterwards
+   * (now or before), false when the rollout no longer offers that stage.
+   */
+  addMember(m: MemberRow): Promise<boolean>;
   listMembers(rolloutId: string): Promise<MemberRow[]>;
   memberCounts(rolloutId: string): Promise<MemberCounts>;
   /** Latest membership of a device in any rollout of this version (to find the rollout a report belongs to). */
   findMembership(deviceId: string, version: string): Promise<MemberRow | null>;
 
   insertAdminToken(t: AdminTokenRow & { hash: string }): Promise<void>;
+  /** Inserts the token only when there is no admin token at all (atomic: one of several starting servers wins). */
+  insertFirstAdminToken(t: AdminTokenRow & { hash: string }): Promise<boolean>;
   findAdminToken(hash: string): Promise<AdminTokenRow | null>;
   listAdminTokens(): Promise<AdminTokenRow[]>;
   countAdminTokens(): Promise<number>;
   insertProvisioningToken(t: ProvisioningTokenRow & { hash: string }): Promise<void>;
   findProvisioningToken(hash: string): Promise<ProvisioningTokenRow | null>;
 
+  /**
+   * Marks a handshake nonce used (nonces are stateless and signed, so any server can check one; this
+   * is what makes each one single-use across servers). False when it was used before.
+   */
+  consumeNonce(nonce: string, expiresAt: number): Promise<boolean>;
+  /** Forgets used nonces that expired before `before` (they can no longer be presented). */
+  pruneNonces(before: number): Promise<void>;
+
+  /** Audit entries get consecutive sequence numbers in commit order. */
   appendAudit(a: Omit<AuditRow, 'seq'>): Promise<void>;
   listAudit(limit: number): Promise<AuditRow[]>;
 

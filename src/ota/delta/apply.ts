@@ -14,7 +14,7 @@
  * 4 KiB are zeroed, so a half-written slot never looks like a filesystem.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream, readSync, writeSync } from 'node:fs';
 import { open, rm, mkdtemp, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -63,6 +63,25 @@ async function readExact(fh: FileHandle, buf: Buffer, pos: number, what: string)
   return buf;
 }
 
+/**
+ * Positional reads and writes inside the apply loop are synchronous: the loop is all this process
+ * does while it runs (the streams it awaits still give the event loop its turns), and a promise
+ * per read would cost more than the read.
+ */
+function readExactSync(fd: number, buf: Buffer, pos: number, what: string): Buffer {
+  let got = 0;
+  while (got < buf.length) {
+    const n = readSync(fd, buf, got, buf.length - got, pos + got);
+    if (n === 0) throw new EdgekitError(`${what} ends at byte ${pos + got}`);
+    got += n;
+  }
+  return buf;
+}
+
+function writeAllSync(fd: number, buf: Buffer, pos: number): void {
+  for (let done = 0; done < buf.length; ) done += writeSync(fd, buf, done, buf.length - done, pos + done);
+}
+
 /** Uncompressed bytes of old files, read from the active slot block by block. */
 class OldFiles {
   /** Recently decoded blocks by offset, oldest first; each lives in one of a few reused buffers. */
@@ -76,7 +95,7 @@ class OldFiles {
     private readonly where: string,
   ) {}
 
-  private async block(offset: number, sizeWord: number, rawLength: number): Promise<Buffer> {
+  private block(offset: number, sizeWord: number, rawLength: number): Buffer {
     const hit = this.cache.get(offset);
     if (hit) return hit.data;
     let buf: Buffer;
@@ -90,9 +109,9 @@ class OldFiles {
     else {
       const len = sizeWord & ~DATA_RAW;
       if (len > MAX_BLOCK) throw new DeltaFormatError(`a source block of ${len} bytes`);
-      if (sizeWord & DATA_RAW) data = await readExact(this.fh, buf.subarray(0, len), this.base + offset, this.where);
+      if (sizeWord & DATA_RAW) data = readExactSync(this.fh.fd, buf.subarray(0, len), this.base + offset, this.where);
       else {
-        const stored = await readExact(this.fh, this.storedBuf.subarray(0, len), this.base + offset, this.where);
+        const stored = readExactSync(this.fh.fd, this.storedBuf.subarray(0, len), this.base + offset, this.where);
         data = decompressBlock(this.header.source.codec, stored, rawLength, buf);
       }
     }
@@ -101,11 +120,11 @@ class OldFiles {
   }
 
   /** Stored bytes of the active payload, as they are (copies bypass the block cache). */
-  stored(off: number, into: Buffer): Promise<Buffer> {
-    return readExact(this.fh, into, this.base + off, this.where);
+  stored(off: number, into: Buffer): Buffer {
+    return readExactSync(this.fh.fd, into, this.base + off, this.where);
   }
 
-  async read(src: number, off: number, len: number, into: Buffer, at: number): Promise<void> {
+  read(src: number, off: number, len: number, into: Buffer, at: number): void {
     const s: DeltaSource | undefined = this.header.sources[src];
     if (!s || off + len > s.size) throw new DeltaFormatError(`piece ${src}:${off}+${len} is outside its source`);
     const bs = this.header.source.blockSize;
@@ -113,11 +132,11 @@ class OldFiles {
       const k = Math.floor(off / bs);
       let data: Buffer, inner: number;
       if (k < s.blocks.length) {
-        data = await this.block(s.blocks[k][0], s.blocks[k][1], Math.min(bs, s.size - k * bs));
+        data = this.block(s.blocks[k][0], s.blocks[k][1], Math.min(bs, s.size - k * bs));
         inner = off - k * bs;
       } else {
         if (!s.tail) throw new DeltaFormatError(`source ${src} has no tail`);
-        data = await this.block(s.tail[0], s.tail[1], bs);
+        data = this.block(s.tail[0], s.tail[1], bs);
         inner = s.tail[2] + off - s.blocks.length * bs;
       }
       const n = Math.min(len, data.length - inner);
@@ -148,7 +167,7 @@ class SlotWriter {
     private readonly limit: number,
   ) {}
 
-  async write(b: Buffer): Promise<void> {
+  write(b: Buffer): void {
     if (this.position + b.length > this.limit) throw new DeltaFormatError(`writes past the target's ${this.limit} bytes`);
     this.sha.update(b);
     if (this.verity && this.position < this.verityEnd) this.verity.update(b.subarray(0, this.verityEnd - this.position));
@@ -158,13 +177,13 @@ class SlotWriter {
       b.copy(this.batch, this.batchBytes, at, at + n);
       this.batchBytes += n;
       at += n;
-      if (this.batchBytes === CHUNK) await this.flush();
+      if (this.batchBytes === CHUNK) this.flush();
     }
   }
 
-  async flush(): Promise<void> {
+  flush(): void {
     if (this.batchBytes === 0) return;
-    await this.fh.write(this.batch, 0, this.batchBytes, this.base + this.flushed);
+    writeAllSync(this.fh.fd, this.batch.subarray(0, this.batchBytes), this.base + this.flushed);
     this.flushed += this.batchBytes;
     this.batchBytes = 0;
   }
@@ -182,10 +201,10 @@ class Ordered {
   async push(p: Promise<Buffer>): Promise<void> {
     p.catch(() => undefined); // surfaced when awaited in order
     this.queue.push(p);
-    while (this.queue.length >= IN_FLIGHT) await this.out.write(await this.queue.shift()!);
+    while (this.queue.length >= IN_FLIGHT) this.out.write(await this.queue.shift()!);
   }
   async drain(): Promise<void> {
-    while (this.queue.length) await this.out.write(await this.queue.shift()!);
+    while (this.queue.length) this.out.write(await this.queue.shift()!);
   }
 }
 
@@ -199,7 +218,7 @@ function compressInto(raw: Buffer, into: Buffer): Buffer {
 
 function streamOf(path: string, start: number, length: number): AsyncIterator<Buffer> {
   if (length === 0) return (async function* () {})();
-  const dec = createBrotliDecompress();
+  const dec = createBrotliDecompress({ chunkSize: 1 << 16 });
   pipeline(createReadStream(path, { start, end: start + length - 1 }), dec, () => undefined);
   return dec[Symbol.asyncIterator]();
 }
@@ -218,7 +237,7 @@ async function readHeader(path: string): Promise<{ header: DeltaHeader; bodyStar
     const packed = await readExact(fh, Buffer.alloc(len), 12, `delta ${path}`);
     const header = JSON.parse(brotliDecompressSync(packed).toString('utf8')) as DeltaHeader;
     if (header.format !== FORMAT) throw new DeltaFormatError(`format ${String(header.format)} is not ${FORMAT}`);
-    if (!COMPRESSIONS.has(header.target?.compression) || !COMPRESSIONS.has(header.source?.codec) || !(header.source.blockSize <= MAX_BLOCK))
+    if (!COMPRESSIONS.has(header.target?.compression) || !COMPRESSIONS.has(header.source?.codec) || !(header.source.blockSize <= MAX_BLOCK) || !(header.target.blockSize <= MAX_BLOCK))
       throw new DeltaFormatError('header names an unknown compression or block size');
     const s = header.streams;
     if (12 + len + s.ops + s.add + s.literal !== size) throw new DeltaFormatError(`is ${size} bytes, its header describes ${12 + len + s.ops + s.add + s.literal}`);
@@ -293,7 +312,7 @@ export async function applyDelta(opts: ApplyDeltaOptions): Promise<void> {
       }
       wrote = true;
       await run(deltaPath, bodyStart, header, new OldFiles(active, activeBase, header, activeWhere), out).catch(corrupt);
-      await out.flush();
+      out.flush();
       if (out.position !== header.to.size) corrupt(new DeltaFormatError(`wrote ${out.position} of ${header.to.size} bytes`));
       const sha = out.digest();
       if (sha !== opts.expectedSha256.toLowerCase())
@@ -312,6 +331,9 @@ export async function applyDelta(opts: ApplyDeltaOptions): Promise<void> {
   }
 }
 
+/** Enough ops-stream bytes for any one operation or piece (an op byte and a few varints). */
+const OP_BYTES = 64;
+
 async function run(path: string, bodyStart: number, header: DeltaHeader, old: OldFiles, out: SlotWriter): Promise<void> {
   const s = header.streams;
   const ops = new ByteReader(streamOf(path, bodyStart, s.ops), 'ops stream');
@@ -321,76 +343,84 @@ async function run(path: string, bodyStart: number, header: DeltaHeader, old: Ol
   let planned = 0; // target bytes queued so far
   const readEnd = new Map<number, number>(); // where the last piece read from each source ended
   const scratch = Buffer.allocUnsafe(CHUNK);
-  const rawRing = Array.from({ length: IN_FLIGHT + 1 }, () => Buffer.allocUnsafe(MAX_BLOCK));
-  const lz4Out = Buffer.allocUnsafe(lz4Bound(MAX_BLOCK));
+  const blockSize = header.target.blockSize;
+  // LZ4 compresses here and now (a worker thread on the second core was measured: ~10 MiB more
+  // peak memory, over the agent's budget); gzip deflates on libuv's pool, up to IN_FLIGHT at once.
+  const rawRing = Array.from({ length: header.target.compression === 'gzip' ? IN_FLIGHT + 1 : 1 }, () => Buffer.allocUnsafe(blockSize));
+  const lz4Out = header.target.compression === 'lz4' ? Buffer.allocUnsafe(lz4Bound(blockSize)) : undefined;
   let ringAt = 0;
   const plan = (n: number) => {
     planned += n;
     if (planned > header.to.size) throw new DeltaFormatError(`describes more than the target's ${header.to.size} bytes`);
   };
+  const addDiff = async (raw: Buffer, at: number, n: number) => {
+    for (let done = 0; done < n; ) {
+      const k = Math.min(n - done, CHUNK);
+      const diff = add.peekTake(k) ?? (await add.take(k, scratch, 0));
+      for (let i = 0, j = at + done; i < k; i++, j++) raw[j] = (raw[j] + diff[i]) & 0xff;
+      done += k;
+    }
+  };
 
   for (;;) {
-    const op = await ops.byte();
+    if (ops.buffered < OP_BYTES) await ops.need(OP_BYTES);
+    const op = ops.byte();
     if (op === Op.End) break;
     switch (op) {
       case Op.Copy: {
-        let off = await ops.varint();
-        let len = await ops.varint();
+        let off = ops.varint();
+        let len = ops.varint();
         plan(len);
         if (off + len > header.from.size) throw new DeltaFormatError(`copy ${off}+${len} is outside the active payload`);
         await ordered.drain();
         while (len > 0) {
           const n = Math.min(len, CHUNK);
-          await out.write(await old.stored(off, scratch.subarray(0, n)));
+          out.write(old.stored(off, scratch.subarray(0, n)));
           off += n;
           len -= n;
         }
         break;
       }
       case Op.Literal: {
-        let len = await ops.varint();
+        let len = ops.varint();
         plan(len);
         await ordered.drain();
         while (len > 0) {
           const n = Math.min(len, CHUNK);
-          await out.write(await lit.take(n, scratch, 0));
+          out.write(await lit.take(n, scratch, 0));
           len -= n;
         }
         break;
       }
       case Op.Block: {
-        const rawLen = await ops.varint();
-        const storedLen = await ops.varint();
-        const rawStored = (await ops.byte()) === 1;
-        const crc = await ops.u32();
-        if (rawLen > MAX_BLOCK || storedLen > MAX_BLOCK) throw new DeltaFormatError(`a block of ${rawLen} bytes`);
+        const rawLen = ops.varint();
+        const storedLen = ops.varint();
+        const rawStored = ops.byte() === 1;
+        const crc = ops.u32();
+        if (rawLen > blockSize || storedLen > blockSize) throw new DeltaFormatError(`a block of ${rawLen} bytes, over the target's block size`);
         plan(storedLen);
-        // A ring of IN_FLIGHT + 1 buffers: a buffer comes round again only after its block was written.
+        // gzip: a ring of IN_FLIGHT + 1, so a buffer comes round again only after its block was written.
         const raw = rawRing[ringAt++ % rawRing.length].subarray(0, rawLen);
         for (let at = 0; at < rawLen; ) {
-          const piece = await ops.byte();
+          if (ops.buffered < OP_BYTES) await ops.need(OP_BYTES);
+          const piece = ops.byte();
           if (piece === Op.RLit) {
-            const n = await ops.varint();
+            const n = ops.varint();
             if (at + n > rawLen) throw new DeltaFormatError('a piece overruns its block');
-            await lit.take(n, raw, at);
+            const view = lit.peekTake(n);
+            if (view) view.copy(raw, at);
+            else await lit.take(n, raw, at);
             at += n;
           } else if (piece === Op.RCopy || piece === Op.RAdd) {
-            const src = await ops.varint();
-            const z = await ops.varint();
+            const src = ops.varint();
+            const z = ops.varint();
             const off = (readEnd.get(src) ?? 0) + (z % 2 === 0 ? z / 2 : -(z + 1) / 2);
-            const n = await ops.varint();
+            const n = ops.varint();
             if (off < 0) throw new DeltaFormatError('a piece reads before its source');
             readEnd.set(src, off + n);
             if (at + n > rawLen) throw new DeltaFormatError('a piece overruns its block');
-            await old.read(src, off, n, raw, at);
-            if (piece === Op.RAdd) {
-              for (let done = 0; done < n; ) {
-                const k = Math.min(n - done, CHUNK);
-                const diff = await add.take(k, scratch, 0);
-                for (let i = 0; i < k; i++) raw[at + done + i] = (raw[at + done + i] + diff[i]) & 0xff;
-                done += k;
-              }
-            }
+            old.read(src, off, n, raw, at);
+            if (piece === Op.RAdd) await addDiff(raw, at, n);
             at += n;
           } else throw new DeltaFormatError(`unknown piece ${piece}`);
         }
@@ -399,11 +429,15 @@ async function run(path: string, bodyStart: number, header: DeltaHeader, old: Ol
           if (b.length !== storedLen || crc32(b) !== crc) throw new DeltaFormatError(`the block at byte ${where} of the target does not rebuild`);
           return b;
         };
-        if (rawStored || header.target.compression !== 'gzip') {
-          // LZ4 runs here and now into one reused buffer (SlotWriter copies what it is given).
+        if (rawStored) {
           await ordered.drain();
-          await out.write(check(rawStored ? raw : compressInto(raw, lz4Out)));
-        } else await ordered.push(deflateAsync(raw).then(check));
+          out.write(check(raw));
+        } else if (header.target.compression === 'gzip') await ordered.push(deflateAsync(raw).then(check));
+        else {
+          // Into one reused buffer (SlotWriter copies what it is given).
+          await ordered.drain();
+          out.write(check(compressInto(raw, lz4Out!)));
+        }
         break;
       }
       case Op.Verity: {
@@ -411,7 +445,7 @@ async function run(path: string, bodyStart: number, header: DeltaHeader, old: Ol
         if (!out.verity || out.position !== out.verityEnd) throw new DeltaFormatError('hash tree requested at the wrong place');
         const { tree } = out.verity.finish();
         plan(tree.length);
-        for (let at = 0; at < tree.length; at += CHUNK) await out.write(tree.subarray(at, at + CHUNK));
+        for (let at = 0; at < tree.length; at += CHUNK) out.write(tree.subarray(at, at + CHUNK));
         break;
       }
       default:

@@ -53,7 +53,7 @@ export interface DeltaHeader {
    * its blocks (codec.ts ENCODER; for gzip, with the publisher's zlib version). The device refuses
    * a delta whose encoder it does not run bit for bit, before writing anything.
    */
-  target: { compression: Compression; encoder: string };
+  target: { compression: Compression; encoder: string; blockSize: number };
   /** The active payload's squashfs: block size and the codec of its compressed blocks. */
   source: { blockSize: number; codec: Compression };
   sources: DeltaSource[];
@@ -100,33 +100,56 @@ export class ByteWriter {
   }
 }
 
-/** Reads a byte stream pulled from an async iterator, without awaiting once data is buffered. */
+/**
+ * Reads a byte stream pulled from an async iterator. The small reads (byte, varint, u32) are
+ * synchronous over what is buffered: a caller awaits need() before a run of them, so decoding
+ * millions of operations costs no promise each (which would keep the garbage collector busy).
+ */
 export class ByteReader {
   private chunk: Buffer = Buffer.alloc(0);
   private pos = 0;
+  private ended = false;
 
   constructor(
     private readonly source: AsyncIterator<Buffer>,
     private readonly what: string,
   ) {}
 
-  private async fill(): Promise<void> {
-    const next = await this.source.next();
-    if (next.done) throw new DeltaFormatError(`${this.what} ends early`);
-    this.chunk = this.pos < this.chunk.length ? Buffer.concat([this.chunk.subarray(this.pos), next.value]) : next.value;
-    this.pos = 0;
+  /** Bytes buffered and not yet read. */
+  get buffered(): number {
+    return this.chunk.length - this.pos;
   }
 
-  async byte(): Promise<number> {
-    while (this.pos >= this.chunk.length) await this.fill();
+  private async fill(): Promise<boolean> {
+    const next = await this.source.next();
+    if (next.done) {
+      this.ended = true;
+      return false;
+    }
+    this.chunk = this.pos < this.chunk.length ? Buffer.concat([this.chunk.subarray(this.pos), next.value]) : next.value;
+    this.pos = 0;
+    return true;
+  }
+
+  /** Buffers at least `n` bytes, or everything left when the stream ends first. */
+  async need(n: number): Promise<void> {
+    while (this.buffered < n && !this.ended) await this.fill();
+  }
+
+  private short(): never {
+    throw new DeltaFormatError(`${this.what} ends early`);
+  }
+
+  byte(): number {
+    if (this.pos >= this.chunk.length) this.short();
     return this.chunk[this.pos++];
   }
 
-  async varint(): Promise<number> {
+  varint(): number {
     let v = 0;
     let scale = 1;
     for (let i = 0; i < 8; i++) {
-      const b = this.pos < this.chunk.length ? this.chunk[this.pos++] : await this.byte();
+      const b = this.byte();
       v += (b & 0x7f) * scale;
       if (b < 0x80) return v;
       scale *= 0x80;
@@ -134,9 +157,11 @@ export class ByteReader {
     throw new DeltaFormatError(`${this.what}: malformed number`);
   }
 
-  async u32(): Promise<number> {
-    const b = await this.take(4);
-    return b.readUInt32LE(0);
+  u32(): number {
+    if (this.buffered < 4) this.short();
+    const v = this.chunk.readUInt32LE(this.pos);
+    this.pos += 4;
+    return v;
   }
 
   /** The next `n` bytes, copied into `into` at `at` (or returned). */
@@ -144,7 +169,7 @@ export class ByteReader {
     const out = into ?? Buffer.allocUnsafe(n);
     let done = 0;
     while (done < n) {
-      if (this.pos >= this.chunk.length) await this.fill();
+      if (this.pos >= this.chunk.length && !(await this.fill())) this.short();
       const k = Math.min(n - done, this.chunk.length - this.pos);
       this.chunk.copy(out, at + done, this.pos, this.pos + k);
       this.pos += k;
@@ -153,18 +178,18 @@ export class ByteReader {
     return into ? out.subarray(at, at + n) : out;
   }
 
+  /** The next `n` bytes as a view of the buffer, when that many are buffered (else undefined). */
+  peekTake(n: number): Buffer | undefined {
+    if (this.buffered < n) return undefined;
+    const view = this.chunk.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return view;
+  }
+
   /** True when nothing is left: a stream must be used up exactly. */
   async atEnd(): Promise<boolean> {
-    if (this.pos < this.chunk.length) return false;
-    for (;;) {
-      const next = await this.source.next();
-      if (next.done) return true;
-      if (next.value.length > 0) {
-        this.chunk = next.value;
-        this.pos = 0;
-        return false;
-      }
-    }
+    await this.need(1);
+    return this.buffered === 0;
   }
 }
 

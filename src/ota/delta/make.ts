@@ -353,7 +353,7 @@ export async function makeDelta(fromPayload: string, toPayload: string, out: str
       info.streams = { ops: streams[0].length, add: streams[1].length, literal: streams[2].length };
       const header: DeltaHeader = {
         format: FORMAT, from, to,
-        target: { compression: newImg.compression, encoder: encoderOf(newImg.compression) },
+        target: { compression: newImg.compression, encoder: encoderOf(newImg.compression), blockSize: newImg.blockSize },
         source: { blockSize: oldImg.blockSize, codec: oldImg.codec },
         sources: sourceList,
         ...(verity ? { verity } : {}),

@@ -1,0 +1,46 @@
+/**
+ * `edgekit serve --db`: which store a value selects, and bad values as one-line errors that start
+ * nothing and never print a password.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { parseDatabaseTarget } from '../src/fleet/store/open.js';
+import { adminToken, api, startServerProcess } from './helpers/fleet-server.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'fleet-serve-db-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe('edgekit serve --db', () => {
+  it('reads SQLite paths, sqlite: URLs and PostgreSQL URLs', () => {
+    expect(parseDatabaseTarget('fleet.db')).toEqual({ kind: 'sqlite', file: 'fleet.db' });
+    expect(parseDatabaseTarget('sqlite:data/fleet.db')).toEqual({ kind: 'sqlite', file: 'data/fleet.db' });
+    expect(parseDatabaseTarget('sqlite:///var/lib/fleet.db')).toEqual({ kind: 'sqlite', file: '/var/lib/fleet.db' });
+    expect(parseDatabaseTarget('postgres://u:p@db:5432/fleet')).toEqual({ kind: 'postgres', url: 'postgres://u:p@db:5432/fleet' });
+    expect(parseDatabaseTarget('postgresql://db/fleet')).toEqual({ kind: 'postgres', url: 'postgresql://db/fleet' });
+    expect(() => parseDatabaseTarget('mysql://u:secret@db/fleet')).toThrow(/^--db: mysql:\/\/u:\*\*\*@db\/fleet: not a database this server knows/);
+    expect(() => parseDatabaseTarget('sqlite:')).toThrow(/names no file/);
+  });
+
+  it('serves from the file a sqlite: URL names', async () => {
+    const file = join(dir, 'by-url.db');
+    const server = await startServerProcess(`sqlite:${file}`, ['--admin-token-file', join(dir, 'by-url.token')]);
+    try {
+      expect(existsSync(file)).toBe(true);
+      const admin = await adminToken(file, join(dir, 'by-url.token'));
+      expect((await api(server.url, admin, 'GET', '/v1/admin/channels')).body).toEqual([{ name: 'stable', createdAt: expect.any(Number) }]);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('an unreachable PostgreSQL server is a one-line error without the password', () => {
+    const r = spawnSync('node', ['bin/edgekit.js', 'serve', '--db', 'postgres://fleet:hunter2@127.0.0.1:1/fleet', '--port', '0'], { encoding: 'utf8', timeout: 60_000 });
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim()).toMatch(/^edgekit: postgres:\/\/fleet:\*\*\*@127\.0\.0\.1:1\/fleet: cannot connect to PostgreSQL: .*ECONNREFUSED/);
+    expect(r.stderr).not.toContain('hunter2');
+    expect(r.stdout).toBe('');
+  });
+});
