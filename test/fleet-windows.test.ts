@@ -1,23 +1,21 @@
 /**
  * Maintenance windows: the UTC time rules (days, ranges past midnight, the CLI's window syntax),
- * and check-ins against a real SQLite store at chosen times: devices are offered the release only
- * inside a window, a device that already started finishes outside it, and the schema migration
- * adds the column to a database made before it.
+ * and check-ins against each real store (SQLite, and a real PostgreSQL server started for the test)
+ * at chosen times: devices are offered the release only inside a window, a device that already
+ * started finishes outside it, and the schema migration adds the column to a database made before it.
  */
 import { generateKeyPairSync, sign, createPublicKey } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { afterAll, describe, expect, it } from 'vitest';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { authMessage } from '../src/fleet/protocol/messages.js';
 import { FleetService, type Actor } from '../src/fleet/service.js';
 import { MIGRATIONS } from '../src/fleet/store/migrations.js';
-import { openSqliteStore } from '../src/fleet/store/sqlite.js';
+import { openFleetStore } from '../src/fleet/store/open.js';
+import type { FleetStore } from '../src/fleet/store/store.js';
 import { formatWindow, inWindow, parseWindow, windowProblem } from '../src/fleet/windows.js';
-
-const dir = mkdtempSync(join(tmpdir(), 'fleet-windows-'));
-afterAll(() => rmSync(dir, { recursive: true, force: true }));
+import { FLEET_BACKENDS, fleetDatabase, type FleetDatabase } from './helpers/fleet-db.js';
 
 /** 2024-06-03 is a Monday. */
 const at = (day: number, hhmm: string) => Date.parse(`2024-06-${String(3 + day).padStart(2, '0')}T${hhmm}:00Z`);
@@ -60,8 +58,19 @@ describe('maintenance window rules', () => {
   });
 });
 
-describe('check-ins and maintenance windows (SQLite store)', () => {
+describe.each(FLEET_BACKENDS)('check-ins and maintenance windows (%s store)', (backend) => {
   const actor: Actor = { tokenId: 'tok_test', name: 'test', scope: 'admin' };
+  let fixture: FleetDatabase;
+  beforeAll(async () => {
+    fixture = await fleetDatabase(backend);
+  });
+  afterAll(async () => {
+    await fixture?.close();
+  });
+
+  /** A new empty database of this backend (what `--db` takes), one per test. */
+  const database = async (name: string) => (fixture.cluster ? fixture.cluster.createDatabase(name) : join(fixture.dir, `${name}.db`));
+  const open = async (db: string): Promise<FleetStore> => (await openFleetStore(db)).store;
 
   async function device(service: FleetService, id: string, tags: string[]) {
     const key = generateKeyPairSync('ed25519').privateKey;
@@ -77,7 +86,8 @@ describe('check-ins and maintenance windows (SQLite store)', () => {
 
   it('offers the release only inside a window; a device that started finishes outside it', async () => {
     let now = at(MON, '12:00');
-    const store = openSqliteStore(join(dir, 'windows.db'));
+    const db = await database('windows');
+    const store = await open(db);
     const service = await FleetService.open(store, () => now);
     const [a, b, c] = [await device(service, 'win-a', ['w']), await device(service, 'win-b', ['w']), await device(service, 'win-c', ['w'])];
     await store.insertRelease({ version: '2.0', channel: 'stable', board: null, createdAt: now });
@@ -109,7 +119,7 @@ describe('check-ins and maintenance windows (SQLite store)', () => {
 
     // The window survives a restart (it is stored), and opens again the next night.
     await store.close();
-    const store2 = openSqliteStore(join(dir, 'windows.db'));
+    const store2 = await open(db);
     const service2 = await FleetService.open(store2, () => now);
     expect((await service2.rolloutStatus(r.id)).windows).toEqual(r.windows);
     now = at(MON + 2, '04:59');
@@ -118,7 +128,7 @@ describe('check-ins and maintenance windows (SQLite store)', () => {
   });
 
   it('refuses a malformed window with the reason', async () => {
-    const store = openSqliteStore(join(dir, 'bad-window.db'));
+    const store = await open(await database('bad_window'));
     const service = await FleetService.open(store);
     await store.insertRelease({ version: '2.0', channel: 'stable', board: null, createdAt: 0 });
     await expect(service.createRollout(actor, {
@@ -128,18 +138,37 @@ describe('check-ins and maintenance windows (SQLite store)', () => {
     await store.close();
   });
 
-  it('migrates a database made before windows existed, keeping its rollouts', async () => {
-    const file = join(dir, 'old.db');
-    const db = new Database(file);
-    db.exec(`CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY)`);
-    for (const sql of MIGRATIONS[0]) db.exec(sql);
-    db.prepare(`INSERT INTO schema_migrations (version) VALUES (1)`).run();
-    db.prepare(`INSERT INTO rollouts (id, version, channel, filter, stages, max_failure_ratio, min_success_ratio, state, stage, stage_started_at, reason, created_at)
-      VALUES ('ro_old', '2.0', 'stable', '{"tags":[],"board":null}', '[{"percent":100,"waitSeconds":0}]', 0.1, 0.9, 'running', 0, 1, NULL, 1)`).run();
-    db.close();
-    const store = openSqliteStore(file);
-    expect(await store.migrate()).toBe(MIGRATIONS.length);
-    expect((await store.getRollout('ro_old'))?.windows).toEqual([]);
-    await store.close();
+  // Schema 1: the first fleet server's; schema 2: with used_nonces, the last one before windows.
+  it.each([1, 2])('migrates a database at schema %i, made before windows existed, keeping its rollouts', async (version) => {
+    const db = await database(`old_${version}`);
+    const statements = [
+      `CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY)`,
+      ...MIGRATIONS.slice(0, version).flat(),
+      `INSERT INTO schema_migrations (version) VALUES ${Array.from({ length: version }, (_, i) => `(${i + 1})`).join(', ')}`,
+      `INSERT INTO rollouts (id, version, channel, filter, stages, max_failure_ratio, min_success_ratio, state, stage, stage_started_at, reason, created_at)
+        VALUES ('ro_old', '2.0', 'stable', '{"tags":[],"board":null}', '[{"percent":100,"waitSeconds":0}]', 0.1, 0.9, 'running', 0, 1, NULL, 1)`,
+    ];
+    if (backend === 'sqlite') {
+      const sqlite = new Database(db);
+      for (const sql of statements) sqlite.exec(sql);
+      sqlite.close();
+    } else {
+      const client = new pg.Client({ connectionString: db });
+      await client.connect();
+      try {
+        for (const sql of statements) await client.query(sql);
+      } finally {
+        await client.end();
+      }
+    }
+    const store = await open(db);
+    try {
+      expect(await store.migrate()).toBe(MIGRATIONS.length);
+      expect(await store.getRollout('ro_old')).toMatchObject({ id: 'ro_old', state: 'running', windows: [] });
+      // The index step 3 adds serves a device's history.
+      expect(await store.listDeviceReports('nobody', 10)).toEqual([]);
+    } finally {
+      await store.close();
+    }
   });
 });
