@@ -93,7 +93,10 @@ function registerDevices(fleet: Command): void {
     .action(async (id: string, o: Conn & { reports: string }) => {
       const n = positiveInt(o.reports, '--reports', 10_000);
       const c = clientFrom(o);
-      const [device, reports] = await Promise.all([c.device(id), c.deviceReports(id, n)]);
+      // One after the other: for an unknown device the error is always the device request's, not
+      // whichever of two concurrent requests failed first.
+      const device = await c.device(id);
+      const reports = await c.deviceReports(id, n);
       out(o, { ...device, reports }, () => deviceDetail(device, reports));
     });
   leaf(devices, 'accept <device...>', 'accept devices waiting for an operator (they can then authenticate)')
