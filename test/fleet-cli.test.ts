@@ -1,52 +1,53 @@
 /**
  * `edgekit fleet` through the built CLI against a real `edgekit serve` on 127.0.0.1, with devices
  * speaking the protocol through the agent's client: inventory, channels, releases, rollouts with
- * maintenance windows, --json, the token from a flag, a file or the environment, and one-line
- * errors carrying the server's reason (401, 403, 404, unreachable).
+ * maintenance windows, a device's history, --json, the token from a flag, a file or the
+ * environment, and one-line errors carrying the server's reason (401, 403, 404, unreachable).
+ * Against each store (SQLite, and a real PostgreSQL server started for the test): the CLI is a thin
+ * client, so this is also the admin API's operators' endpoints on both.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { edgekit } from './helpers/built-images.js';
+import { FLEET_BACKENDS, fleetDatabase, type FleetDatabase } from './helpers/fleet-db.js';
 import { provisioningToken, simDevices, type SimDevice } from './helpers/fleet-devices.js';
 import { adminToken, api, startServerProcess, type ServerProcess } from './helpers/fleet-server.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'fleet-cli-'));
-const db = join(dir, 'fleet.db');
-let server: ServerProcess;
-let admin: string;
-let reader: string;
-let devices: SimDevice[];
-let walkIn: SimDevice;
-
-beforeAll(async () => {
-  server = await startServerProcess(db);
-  admin = await adminToken(db);
-  reader = (await api(server.url, admin, 'POST', '/v1/admin/tokens', { name: 'viewer', scope: 'read' })).body.token;
-  const prov = await provisioningToken(server.url, admin, { tags: ['field'] });
-  devices = await simDevices(server.url, ['dev-0', 'dev-1', 'dev-2', 'dev-3'], { provisioningToken: prov });
-  for (const d of devices) await d.checkIn();
-  [walkIn] = await simDevices(server.url, ['walk-in'], {}); // no provisioning token: waits for an operator
-});
-afterAll(async () => {
-  await server?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
-
-/** The CLI with the server and token in the environment, as an operator's shell would have them. */
-const fleet = (args: string[], token: string | null = admin) =>
-  edgekit(['fleet', ...args], { env: { EDGEKIT_FLEET_SERVER: server.url, EDGEKIT_FLEET_TOKEN: token ?? '' } });
-const json = async (args: string[], token: string | null = admin) => {
-  const r = await fleet([...args, '--json'], token);
-  expect(r.stderr).toBe('');
-  expect(r.code).toBe(0);
-  return JSON.parse(r.stdout);
-};
 const hh = (h: number) => `${String(((h % 24) + 24) % 24).padStart(2, '0')}:00`;
 
-describe('edgekit fleet', () => {
+describe.each(FLEET_BACKENDS)('edgekit fleet (%s)', (backend) => {
+  let fixture: FleetDatabase;
+  let server: ServerProcess;
+  let admin: string;
+  let reader: string;
+  let devices: SimDevice[];
+  let walkIn: SimDevice;
+
+  beforeAll(async () => {
+    fixture = await fleetDatabase(backend);
+    server = await startServerProcess(fixture.db, ['--admin-token-file', fixture.adminTokenFile]);
+    admin = await adminToken(fixture.db, fixture.adminTokenFile);
+    reader = (await api(server.url, admin, 'POST', '/v1/admin/tokens', { name: 'viewer', scope: 'read' })).body.token;
+    const prov = await provisioningToken(server.url, admin, { tags: ['field'] });
+    devices = await simDevices(server.url, ['dev-0', 'dev-1', 'dev-2', 'dev-3'], { provisioningToken: prov });
+    for (const d of devices) await d.checkIn();
+    [walkIn] = await simDevices(server.url, ['walk-in'], {}); // no provisioning token: waits for an operator
+  });
+  afterAll(async () => {
+    await server?.stop();
+    await fixture?.close();
+  });
+
+  /** The CLI with the server and token in the environment, as an operator's shell would have them. */
+  const fleet = (args: string[], token: string | null = admin) =>
+    edgekit(['fleet', ...args], { env: { EDGEKIT_FLEET_SERVER: server.url, EDGEKIT_FLEET_TOKEN: token ?? '' } });
+  const json = async (args: string[], token: string | null = admin) => {
+    const r = await fleet([...args, '--json'], token);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    return JSON.parse(r.stdout);
+  };
+
   it('lists, shows, accepts, tags and revokes devices', async () => {
     const all = await json(['devices', 'list']);
     expect(all.map((d: { id: string; status: string }) => `${d.id}:${d.status}`)).toEqual(['dev-0:accepted', 'dev-1:accepted', 'dev-2:accepted', 'dev-3:accepted', 'walk-in:pending']);
@@ -75,7 +76,7 @@ describe('edgekit fleet', () => {
   it('reads the token from --token and --token-file too, and says what is wrong in one line', async () => {
     const viaFlag = await edgekit(['fleet', 'channels', 'list', '--server', server.url, '--token', reader, '--json']);
     expect(viaFlag.code).toBe(0);
-    const viaFile = await edgekit(['fleet', 'channels', 'list', '--server', server.url, '--token-file', `${db}.admin-token`]);
+    const viaFile = await edgekit(['fleet', 'channels', 'list', '--server', server.url, '--token-file', fixture.adminTokenFile]);
     expect(viaFile.code).toBe(0);
     expect(viaFile.stdout).toMatch(/^stable\s+\d+/m);
 
