@@ -227,7 +227,9 @@ finishes. A window ending before it starts runs past midnight ("fri 22:00-02:00"
         const list = await c.listRollouts();
         return out(o, list, () => rolloutTable(list));
       }
-      const [r, p] = await Promise.all([c.rollout(id), c.rolloutProgress(id)]);
+      // One after the other, like devices show: an unknown rollout's error names the rollout request.
+      const r = await c.rollout(id);
+      const p = await c.rolloutProgress(id);
       out(o, { ...r, progress: p }, () => rolloutDetail(r, p));
     });
   for (const [action, what] of [
