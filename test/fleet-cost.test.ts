@@ -4,34 +4,33 @@
  * agent's protocol client; the server (started with --repo) answers per cohort of current
  * versions: a delta for devices on 1.0, the full payloads for the rest, and says which cohorts it
  * cannot price. The figures are checked against the repository's files on disk; the CLI and the
- * dashboard (in Chromium) show the same numbers.
+ * dashboard (in Chromium) show the same numbers. The repository is built once; the server runs
+ * against each store (SQLite, and a real PostgreSQL server started for the test).
  */
-import { mkdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import pg from 'pg';
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Release } from '../src/ota/repo/index.js';
 import { targetFilePath } from '../src/ota/repo/layout.js';
 import { edgekit, testDir } from './helpers/built-images.js';
 import { launchChromium, signIn } from './helpers/browser.js';
+import { FLEET_BACKENDS, fleetDatabase, type FleetDatabase } from './helpers/fleet-db.js';
 import { provisioningToken, simDevices, type SimDevice } from './helpers/fleet-devices.js';
 import { adminToken, api, startServerProcess, type ServerProcess } from './helpers/fleet-server.js';
 import { gatewayImages } from './helpers/ota-repo-fixtures.js';
 
-let dir: string;
-let server: ServerProcess;
-let admin: string;
-let browser: Browser | undefined;
+let repo: string;
 /** Bytes of each file in the repository, found by its target path (the content-named file on disk). */
 let size: (target: string) => number;
 let files: { kernel: string; initrd: string; root: string; delta: string };
-let fleet: SimDevice[];
 
 beforeAll(async () => {
-  dir = join(testDir(), 'fleet-cost');
+  const dir = join(testDir(), 'fleet-cost');
   mkdirSync(dir, { recursive: true });
   const { v1, v2 } = await gatewayImages();
-  const repo = join(dir, 'repo');
+  repo = join(dir, 'repo');
   const keys = join(dir, 'keys');
   expect((await edgekit(['repo', 'init', repo, '--keys', keys])).code).toBe(0);
   expect((await edgekit(['release', v1.image, '--repo', repo, '--keys', keys, '--version', '1.0'])).code).toBe(0);
@@ -42,34 +41,55 @@ beforeAll(async () => {
   size = (target) => statSync(targetFilePath(repo, target, byPath.get(target)!.sha256)).size;
   expect(r.custom.deltas.map((d) => d.fromVersion)).toEqual(['1.0']);
   files = { kernel: r.custom.slot.kernel, initrd: r.custom.slot.initrd, root: r.custom.slot.rootPayload!, delta: r.custom.deltas[0].target };
-
-  server = await startServerProcess(join(dir, 'fleet.db'), ['--repo', repo]);
-  admin = await adminToken(join(dir, 'fleet.db'));
-  expect((await api(server.url, admin, 'POST', '/v1/admin/releases', { version: '1.1', channel: 'stable' })).status).toBe(200);
-
-  // The fleet: 5 on 1.0, 3 on 0.9 (no delta from it), 2 rpi4 boards (no 1.1 for them), 1 already
-  // on 1.1, 1 that never checked in, and 2 untagged devices the rollout does not target.
-  const prov = await provisioningToken(server.url, admin, { tags: ['field'] });
-  fleet = [
-    ...(await simDevices(server.url, ['a1', 'a2', 'a3', 'a4', 'a5'], { provisioningToken: prov, version: '1.0' })),
-    ...(await simDevices(server.url, ['b1', 'b2', 'b3'], { provisioningToken: prov, version: '0.9' })),
-    ...(await simDevices(server.url, ['c1', 'c2'], { provisioningToken: prov, version: '1.0', board: 'rpi4' })),
-    ...(await simDevices(server.url, ['d1'], { provisioningToken: prov, version: '1.1' })),
-  ];
-  for (const d of fleet) expect(await d.checkIn()).toEqual({ release: null });
-  await simDevices(server.url, ['silent'], { provisioningToken: prov });
-  const untagged = await simDevices(server.url, ['u1', 'u2'], { provisioningToken: await provisioningToken(server.url, admin, {}), version: '1.0' });
-  for (const d of untagged) await d.checkIn();
 }, 900_000);
-
-afterAll(async () => {
-  await browser?.close();
-  await server?.stop();
-});
 
 const body = { version: '1.1', channel: 'stable', filter: { tags: ['field'] } };
 
-describe('rollout cost', () => {
+/** Tables in a PostgreSQL database's public schema (0: nothing was migrated into it). */
+async function tableCount(url: string): Promise<number> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    return Number((await c.query(`SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = 'public'`)).rows[0].n);
+  } finally {
+    await c.end();
+  }
+}
+
+describe.each(FLEET_BACKENDS)('rollout cost (%s)', (backend) => {
+  let fixture: FleetDatabase;
+  let server: ServerProcess;
+  let admin: string;
+  let browser: Browser | undefined;
+  let fleet: SimDevice[];
+
+  beforeAll(async () => {
+    fixture = await fleetDatabase(backend);
+    server = await startServerProcess(fixture.db, ['--repo', repo, '--admin-token-file', fixture.adminTokenFile]);
+    admin = await adminToken(fixture.db, fixture.adminTokenFile);
+    expect((await api(server.url, admin, 'POST', '/v1/admin/releases', { version: '1.1', channel: 'stable' })).status).toBe(200);
+
+    // The fleet: 5 on 1.0, 3 on 0.9 (no delta from it), 2 rpi4 boards (no 1.1 for them), 1 already
+    // on 1.1, 1 that never checked in, and 2 untagged devices the rollout does not target.
+    const prov = await provisioningToken(server.url, admin, { tags: ['field'] });
+    fleet = [
+      ...(await simDevices(server.url, ['a1', 'a2', 'a3', 'a4', 'a5'], { provisioningToken: prov, version: '1.0' })),
+      ...(await simDevices(server.url, ['b1', 'b2', 'b3'], { provisioningToken: prov, version: '0.9' })),
+      ...(await simDevices(server.url, ['c1', 'c2'], { provisioningToken: prov, version: '1.0', board: 'rpi4' })),
+      ...(await simDevices(server.url, ['d1'], { provisioningToken: prov, version: '1.1' })),
+    ];
+    for (const d of fleet) expect(await d.checkIn()).toEqual({ release: null });
+    await simDevices(server.url, ['silent'], { provisioningToken: prov });
+    const untagged = await simDevices(server.url, ['u1', 'u2'], { provisioningToken: await provisioningToken(server.url, admin, {}), version: '1.0' });
+    for (const d of untagged) await d.checkIn();
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+    await server?.stop();
+    await fixture?.close();
+  });
+
   it('prices each cohort from the repository: a delta from 1.0, full payloads from 0.9', async () => {
     const r = await api(server.url, admin, 'POST', '/v1/admin/rollouts/cost', body);
     expect(r.status).toBe(200);
@@ -101,10 +121,14 @@ describe('rollout cost', () => {
     const bad = await api(server.url, admin, 'POST', '/v1/admin/rollouts/cost', { version: '1.1', channel: 'stable', stages: [] });
     expect(bad.status).toBe(400);
     expect((await api(server.url, admin, 'GET', '/v1/admin/rollouts/ro_none/cost')).status).toBe(404);
-    // A --repo that is not a repository stops the server at start, saying so.
-    const r = await edgekit(['serve', '--db', join(dir, 'other.db'), '--port', '0', '--repo', join(dir, 'no-such-repo')]);
+    // A --repo that is not a repository stops a server at start, saying so, before it touches the database.
+    const other = { db: backend === 'sqlite' ? join(fixture.dir, 'other.db') : await fixture.cluster!.createDatabase('other'), token: join(fixture.dir, 'other.admin-token') };
+    const r = await edgekit(['serve', '--db', other.db, '--admin-token-file', other.token, '--port', '0', '--repo', join(fixture.dir, 'no-such-repo')]);
     expect(r.code).toBe(1);
-    expect(r.stderr).toBe(`edgekit: --repo ${join(dir, 'no-such-repo')}: not a release repository (no metadata/timestamp.json; make one with edgekit repo init)\n`);
+    expect(r.stderr).toBe(`edgekit: --repo ${join(fixture.dir, 'no-such-repo')}: not a release repository (no metadata/timestamp.json; make one with edgekit repo init)\n`);
+    expect(existsSync(other.token)).toBe(false);
+    if (backend === 'sqlite') expect(existsSync(other.db)).toBe(false);
+    else expect(await tableCount(other.db)).toBe(0);
   });
 
   it('edgekit fleet rollouts cost prints the same figures', async () => {
