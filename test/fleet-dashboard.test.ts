@@ -2,75 +2,74 @@
  * The fleet dashboard in a real headless Chromium against a real `edgekit serve`: devices report
  * through the agent's protocol client, an operator signs in with a token, sees the fleet's counts,
  * opens a rollout, pauses and resumes it (checked through the API); a read-only token gets no
- * pause button; nothing but the static files is served without a token.
+ * pause button; nothing but the static files is served without a token. Against each store
+ * (SQLite, and a real PostgreSQL server started for the test).
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { launchChromium, signIn } from './helpers/browser.js';
+import { FLEET_BACKENDS, fleetDatabase, type FleetDatabase } from './helpers/fleet-db.js';
 import { provisioningToken, simDevices, type SimDevice } from './helpers/fleet-devices.js';
 import { adminToken, api, startServerProcess, type ServerProcess } from './helpers/fleet-server.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'fleet-dashboard-'));
-const db = join(dir, 'fleet.db');
-let server: ServerProcess;
-let browser: Browser;
-let admin: string;
-let operator: string;
-let reader: string;
-let rolloutId: string;
-let updated: SimDevice[];
-let failed: SimDevice;
-const pageErrors: string[] = [];
+describe.each(FLEET_BACKENDS)('fleet dashboard (%s)', (backend) => {
+  let fixture: FleetDatabase;
+  let server: ServerProcess;
+  let browser: Browser;
+  let admin: string;
+  let operator: string;
+  let reader: string;
+  let rolloutId: string;
+  let updated: SimDevice[];
+  let failed: SimDevice;
+  const pageErrors: string[] = [];
 
-beforeAll(async () => {
-  browser = await launchChromium();
-  server = await startServerProcess(db);
-  admin = await adminToken(db);
-  operator = (await api(server.url, admin, 'POST', '/v1/admin/tokens', { name: 'night-shift', scope: 'operator' })).body.token;
-  reader = (await api(server.url, admin, 'POST', '/v1/admin/tokens', { name: 'wallboard', scope: 'read' })).body.token;
+  beforeAll(async () => {
+    browser = await launchChromium();
+    fixture = await fleetDatabase(backend);
+    server = await startServerProcess(fixture.db, ['--admin-token-file', fixture.adminTokenFile]);
+    admin = await adminToken(fixture.db, fixture.adminTokenFile);
+    operator = (await api(server.url, admin, 'POST', '/v1/admin/tokens', { name: 'night-shift', scope: 'operator' })).body.token;
+    reader = (await api(server.url, admin, 'POST', '/v1/admin/tokens', { name: 'wallboard', scope: 'read' })).body.token;
 
-  // 20 field devices on 1.0, two walk-ins waiting for acceptance.
-  const prov = await provisioningToken(server.url, admin, { tags: ['field'] });
-  const devices = await simDevices(server.url, Array.from({ length: 20 }, (_, i) => `gw-${String(i).padStart(2, '0')}`), { provisioningToken: prov });
-  await simDevices(server.url, ['walk-in-1', 'walk-in-2'], {});
-  for (const d of devices) await d.checkIn();
+    // 20 field devices on 1.0, two walk-ins waiting for acceptance.
+    const prov = await provisioningToken(server.url, admin, { tags: ['field'] });
+    const devices = await simDevices(server.url, Array.from({ length: 20 }, (_, i) => `gw-${String(i).padStart(2, '0')}`), { provisioningToken: prov });
+    await simDevices(server.url, ['walk-in-1', 'walk-in-2'], {});
+    for (const d of devices) await d.checkIn();
 
-  // Rollout of 2.0 in two stages; stage 1 updates, one of its devices falls back to its old slot.
-  expect((await api(server.url, admin, 'POST', '/v1/admin/releases', { version: '2.0', channel: 'stable' })).status).toBe(200);
-  const r = await api(server.url, admin, 'POST', '/v1/admin/rollouts', {
-    version: '2.0', channel: 'stable', filter: { tags: ['field'] }, stages: [{ percent: 50 }, { percent: 100 }], maxFailureRatio: 0.5, minSuccessRatio: 1,
+    // Rollout of 2.0 in two stages; stage 1 updates, one of its devices falls back to its old slot.
+    expect((await api(server.url, admin, 'POST', '/v1/admin/releases', { version: '2.0', channel: 'stable' })).status).toBe(200);
+    const r = await api(server.url, admin, 'POST', '/v1/admin/rollouts', {
+      version: '2.0', channel: 'stable', filter: { tags: ['field'] }, stages: [{ percent: 50 }, { percent: 100 }], maxFailureRatio: 0.5, minSuccessRatio: 1,
+    });
+    expect(r.status).toBe(200);
+    rolloutId = r.body.id;
+    const offered: SimDevice[] = [];
+    for (const d of devices) if ((await d.checkIn()).release) offered.push(d);
+    expect(offered.length).toBeGreaterThan(1);
+    [failed, ...updated] = offered;
+    await failed.update('2.0', false);
+    for (const d of updated) await d.update('2.0', true);
+  }, 120_000);
+
+  afterAll(async () => {
+    await browser?.close();
+    await server?.stop();
+    await fixture?.close();
   });
-  expect(r.status).toBe(200);
-  rolloutId = r.body.id;
-  const offered: SimDevice[] = [];
-  for (const d of devices) if ((await d.checkIn()).release) offered.push(d);
-  expect(offered.length).toBeGreaterThan(1);
-  [failed, ...updated] = offered;
-  await failed.update('2.0', false);
-  for (const d of updated) await d.update('2.0', true);
-}, 120_000);
 
-afterAll(async () => {
-  await browser?.close();
-  await server?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+  async function newPage(): Promise<Page> {
+    const page = await (await browser.newContext()).newPage();
+    page.on('pageerror', (e) => pageErrors.push(`page error: ${e.message}`));
+    page.on('console', (m) => {
+      if (m.type() === 'error' && !/status of (401|403|501) /.test(m.text())) pageErrors.push(`console: ${m.text()}`);
+    });
+    return page;
+  }
 
-async function newPage(): Promise<Page> {
-  const page = await (await browser.newContext()).newPage();
-  page.on('pageerror', (e) => pageErrors.push(`page error: ${e.message}`));
-  page.on('console', (m) => {
-    if (m.type() === 'error' && !/status of (401|403|501) /.test(m.text())) pageErrors.push(`console: ${m.text()}`);
-  });
-  return page;
-}
+  const stat = (page: Page, name: string) => page.locator(`[data-stat="${name}"] .value`);
 
-const stat = (page: Page, name: string) => page.locator(`[data-stat="${name}"] .value`);
-
-describe('fleet dashboard', () => {
   it('serves only its static files without a token', async () => {
     const index = await fetch(`${server.url}/dashboard/`);
     expect(index.status).toBe(200);
