@@ -1,7 +1,8 @@
 /**
  * `edgekit serve --tls-cert --tls-key`: HTTPS with a self-signed certificate made by openssl for the
  * test. A device that trusts the certificate works through the agent's protocol module; one that
- * does not is refused by its own TLS check; bad TLS options are one-line errors.
+ * does not is refused by its own TLS check; `edgekit fleet` and the dashboard's files work over
+ * HTTPS; bad TLS options are one-line errors.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
@@ -11,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FleetDeviceClient } from '../src/fleet/protocol/client.js';
+import { edgekit } from './helpers/built-images.js';
 import { adminToken, startServerProcess, type ServerProcess } from './helpers/fleet-server.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'fleet-tls-'));
@@ -76,6 +78,25 @@ describe('fleet server over HTTPS', () => {
   it('a client that does not trust the certificate refuses the connection', async () => {
     const device = new FleetDeviceClient({ server: server.url, deviceId: 'tls-2', privateKey: generateKeyPairSync('ed25519').privateKey });
     await expect(device.authenticate()).rejects.toMatchObject({ code: 'DEPTH_ZERO_SELF_SIGNED_CERT' });
+  });
+
+  it('edgekit fleet and the dashboard work over HTTPS; the CLI refuses a certificate it does not trust', async () => {
+    // An operator's machine that trusts the server's (here self-signed) certificate, as Node is told to.
+    const trusted = await edgekit(['fleet', 'devices', 'show', 'tls-1', '--server', server.url, '--token', admin, '--json'], { env: { NODE_EXTRA_CA_CERTS: certFile } });
+    expect(trusted.stderr).toBe('');
+    expect(JSON.parse(trusted.stdout)).toMatchObject({ id: 'tls-1', version: '1.0.0', reports: [] });
+    const untrusted = await edgekit(['fleet', 'devices', 'list', '--server', server.url, '--token', admin]);
+    expect(untrusted.code).toBe(1);
+    expect(untrusted.stderr).toBe(`edgekit: ${server.url}: cannot reach the fleet server (DEPTH_ZERO_SELF_SIGNED_CERT)\n`);
+
+    const index = await new Promise<{ status: number; type: string; body: string }>((resolve, reject) => {
+      request(new URL('/dashboard/', server.url), { ca }, (res) => {
+        let text = '';
+        res.on('data', (c: Buffer) => (text += c.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, type: String(res.headers['content-type']), body: text }));
+      }).on('error', reject).end();
+    });
+    expect(index).toMatchObject({ status: 200, type: 'text/html; charset=utf-8', body: expect.stringContaining('src="/dashboard/app.js"') });
   });
 
   it('bad TLS options are one-line errors and nothing starts', () => {
