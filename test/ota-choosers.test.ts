@@ -11,7 +11,7 @@
  *   partition is not laid out for it.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FatVolume } from '../src/fs/fat-edit.js';
 import { FatReader } from '../src/fs/fat-reader.js';
@@ -24,6 +24,7 @@ import { openBlockDevice, partitionDevice, type OpenBlockDevice } from '../src/o
 import { openBootchooser } from '../src/ota/slots/choosers.js';
 import type { Bootchooser, BootchooserKind, Slot } from '../src/ota/slots/bootchooser.js';
 import { SimDevice } from '../src/ota/sim/device.js';
+import { PowerCut, SimDisk } from '../src/ota/sim/sim-disk.js';
 import { writeSlot } from '../src/ota/slots/write-slot.js';
 import { trybootChain, ubootChain } from '../src/ota/sim/boot-chains.js';
 import type { SimLayout } from '../src/ota/sim/layout.js';
@@ -383,4 +384,78 @@ describe('the bootchooser the image names', () => {
     await expect(open(uefi.image, uefi.layout, 'uboot')).rejects.toThrow(/^the boot partition has no boot\.scr: it is not laid out for the uboot bootchooser/);
     await expect(open(ub.image, ub.layout, 'tryboot')).rejects.toThrow(/^the boot partition has a config\.txt that names no slot folder \(os_prefix=\): it is not laid out for the tryboot bootchooser/);
   });
+});
+
+describe('every bootchooser write leaves its file old or new after a power cut at any disk operation', () => {
+  type Op = { loader: 'uboot' | 'tryboot'; what: string; running: Slot; setup?: (c: Bootchooser) => Promise<void>; run: (c: Bootchooser) => Promise<unknown>; file: string };
+  const ops: Op[] = [
+    { loader: 'uboot', what: 'tryOnce(b)', running: 'a', run: (c) => c.tryOnce('b', v2.boot), file: 'uboot.env' },
+    { loader: 'uboot', what: 'markGood(b)', running: 'b', setup: (c) => c.tryOnce('b', v2.boot), run: (c) => c.markGood('b'), file: 'uboot.env' },
+    { loader: 'tryboot', what: 'tryOnce(b)', running: 'a', run: (c) => c.tryOnce('b', v2.boot), file: 'tryboot.txt' },
+    { loader: 'tryboot', what: 'prepareReboot()', running: 'a', setup: (c) => c.tryOnce('b', v2.boot), run: (c) => c.prepareReboot(), file: 'tryboot.txt' },
+    // config.txt has no fallback: the firmware boots whatever it says.
+    { loader: 'tryboot', what: 'markGood(b)', running: 'b', setup: (c) => c.tryOnce('b', v2.boot), run: (c) => c.markGood('b'), file: 'config.txt' },
+  ];
+  for (const o of ops) {
+    it(`${o.loader}: ${o.what} -> ${o.file}`, async () => {
+      const dir = join(tmp.dir, `sweep-${o.loader}-${n++}`);
+      mkdirSync(dir);
+      const { image, layout } = await makeRpiSimImage(dir, v1, { loader: o.loader, model: 'rpi4' });
+      const slotArg = (s: Slot) => `edgekit.slot=${o.loader === 'uboot' ? s.toUpperCase() : s}`;
+      const chooserOn = async (disk: SimDisk, running: Slot) =>
+        openBootchooser(o.loader, await FatVolume.open(partitionDevice(disk, layout.boot.start, layout.boot.size)), { tries: 3, cmdline: async () => slotArg(running) });
+      const fileNow = async (path: string) => {
+        const r = await FatReader.open(path, layout.boot.start);
+        try {
+          return await r.readFile(o.file).catch(() => undefined);
+        } finally {
+          await r.close();
+        }
+      };
+      {
+        const disk = await SimDisk.open(image, { seed: 1 });
+        const c = await chooserOn(disk, 'a');
+        if (o.loader === 'uboot') {
+          // An environment past one sector: the adapter's writes must not rely on a change
+          // fitting in the sector the device writes whole (the shipped one does fit).
+          const vol = await FatVolume.open(partitionDevice(disk, layout.boot.start, layout.boot.size));
+          const vars = parseUbootEnv(await vol.readFile('uboot.env')).vars;
+          await vol.writeFile('uboot.env', buildUbootEnv({ ...vars, zz_site_notes: 'x'.repeat(1500) }, { size: ENV_SIZE }));
+        }
+        await o.setup?.(c);
+        await disk.shutdown();
+        await disk.close();
+      }
+      const before = await fileNow(image);
+      const base = join(dir, 'base.img');
+      copyFileSync(image, base);
+      const probe = await SimDisk.open(image, { seed: 1 });
+      await o.run(await chooserOn(probe, o.running));
+      await probe.shutdown();
+      const total = probe.ops;
+      await probe.close();
+      const after = await fileNow(image);
+      expect(after?.equals(before ?? Buffer.alloc(0)), 'the operation changes the file').toBe(false);
+      let olds = 0;
+      // Several seeds per cut: which unflushed sectors survive is random, a tear must not hide.
+      for (let run = 0; run < total * 6; run++) {
+        const op = 1 + (run % total);
+        copyFileSync(base, image);
+        const disk = await SimDisk.open(image, { seed: run });
+        const c = await chooserOn(disk, o.running);
+        disk.cutAfter(op);
+        await expect(o.run(c), `cut at op ${op} of ${total}`).rejects.toBeInstanceOf(PowerCut);
+        await disk.powerCut();
+        await disk.close();
+        const got = await fileNow(image);
+        const same = (x: Buffer | undefined) => (x === undefined ? got === undefined : got !== undefined && got.equals(x));
+        expect(same(before) || same(after), `${o.file} after a cut at op ${op} of ${total} is neither the old nor the new one`).toBe(true);
+        if (o.file === 'uboot.env' && got) expect(() => parseUbootEnv(got)).not.toThrow();
+        if (same(before)) olds++;
+      }
+      // Cuts before the switch leave the old file (whether the last one lands after it depends on
+      // which unflushed sectors survive).
+      expect(olds).toBeGreaterThan(0);
+    });
+  }
 });
