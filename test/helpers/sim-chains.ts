@@ -60,7 +60,7 @@ export const CHAINS: ChainCase[] = [
     async expectCommittedFiles(dev, bootFile, slot) {
       // fw_printenv (libubootenv) reads the environment the update left: the committed slot alone
       // in BOOT_ORDER with full tries, the other out of the running, the shipped variables kept.
-      const env = join(dev.disk.path + '.uboot.env');
+      const env = `${dev.disk.path}.uboot.env`;
       writeFileSync(env, mtoolsRead(bootFile, 'uboot.env'));
       const vars = fwPrintenv(fwConfig(join(env, '..'), [env], 0x4000));
       const S = slot.toUpperCase();
