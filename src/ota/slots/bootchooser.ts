@@ -37,8 +37,6 @@ export interface SlotState {
 
 export type BootchooserKind = 'systemd-boot' | 'uboot' | 'tryboot';
 
-export const BOOTCHOOSER_KINDS: readonly BootchooserKind[] = ['systemd-boot', 'uboot', 'tryboot'];
-
 export interface Bootchooser {
   readonly kind: BootchooserKind;
   /** The slot running now, from the kernel command line's edgekit.slot=. */
