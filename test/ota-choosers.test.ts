@@ -414,7 +414,6 @@ describe('every bootchooser write leaves its file old or new after a power cut a
       };
       {
         const disk = await SimDisk.open(image, { seed: 1 });
-        const c = await chooserOn(disk, 'a');
         if (o.loader === 'uboot') {
           // An environment past one sector: the adapter's writes must not rely on a change
           // fitting in the sector the device writes whole (the shipped one does fit).
@@ -422,7 +421,8 @@ describe('every bootchooser write leaves its file old or new after a power cut a
           const vars = parseUbootEnv(await vol.readFile('uboot.env')).vars;
           await vol.writeFile('uboot.env', buildUbootEnv({ ...vars, zz_site_notes: 'x'.repeat(1500) }, { size: ENV_SIZE }));
         }
-        await o.setup?.(c);
+        // Opened after that write: a FatVolume keeps the FAT it read.
+        await o.setup?.(await chooserOn(disk, 'a'));
         await disk.shutdown();
         await disk.close();
       }
