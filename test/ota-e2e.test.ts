@@ -40,7 +40,9 @@ describe('update agent under QEMU', () => {
       v2: (await agentImage(repo, { version: '1.1', server: url, health: healthy })).image,
       v3: (await agentImage(repo, { version: '1.2', server: url, health: { command: 'echo application self-test failed; exit 1', timeout: 10 } })).image,
     };
-    await publish(repo, images.v2, '1.1');
+    // 1.1 comes with a root delta from 1.0: the device rebuilds its slot with Debian's nodejs.
+    await publish(repo, images.v1, '1.0');
+    await publish(repo, images.v2, '1.1', ['--delta-from', '1.0']);
   }, 900_000);
 
   afterAll(async () => {
@@ -53,7 +55,7 @@ describe('update agent under QEMU', () => {
     const vm = await bootImage(disk, 'qemu-x86_64', { snapshot: false });
     try {
       await vm.waitFor(/root of slot a verified by dm-verity/, 240_000);
-      await vm.waitFor(/edgekit-agent: downloading 1\.1 bytes=\d+ method=full slot=a running=1\.0/, 300_000);
+      await vm.waitFor(/edgekit-agent: downloading 1\.1 bytes=\d+ method=delta slot=a running=1\.0/, 300_000);
       await vm.waitFor(/edgekit-agent: rebooting 1\.1/, 600_000);
       await vm.waitFor(/root of slot b verified by dm-verity/, 240_000);
       await vm.waitFor(/edgekit-agent: committed 1\.1 slot=b running=1\.1/, 300_000);
@@ -81,8 +83,11 @@ describe('update agent under QEMU', () => {
     expect(states('1.2')).toEqual(['downloading@b', 'installing@b', 'rebooting@b', 'failed@a', 'failed@a', 'failed@a', 'rolled-back@b']);
     const down = server.reports.find((r) => r.state === 'downloading' && r.version === '1.1')!;
     expect(down.bytes).toBeGreaterThan(0);
-    // The payload came with byte ranges from the server's consistent-snapshot targets.
-    expect(server.requests.some((r) => /^GET \/targets\/gateway\/qemu-x86_64\/1\.1\/[0-9a-f]{64}\.system\.squashfs/.test(r))).toBe(true);
+    // 1.1's root came as the delta from 1.0 (a consistent-snapshot target), never as the whole payload.
+    expect(server.requests.some((r) => /^GET \/targets\/gateway\/qemu-x86_64\/1\.1\/deltas\/1\.0\/[0-9a-f]{64}\.system\.delta/.test(r))).toBe(true);
+    expect(server.requests.some((r) => /^GET \/targets\/gateway\/qemu-x86_64\/1\.1\/[0-9a-f]{64}\.system\.squashfs/.test(r))).toBe(false);
+    // 1.2 has no delta: the whole payload, with byte ranges.
+    expect(server.requests.some((r) => /^GET \/targets\/gateway\/qemu-x86_64\/1\.2\/[0-9a-f]{64}\.system\.squashfs/.test(r))).toBe(true);
 
     // The boot partition as mtools reads it: 1.1 blessed on B, 1.2 on A out of tries.
     const m = (JSON.parse(readFileSync(images.v1Manifest, 'utf8')) as SignedManifest).signed;

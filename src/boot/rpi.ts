@@ -268,12 +268,13 @@ function configTxt(opts: RpiBootOptions, info: RpiModelInfo, p: ConfigTxtParts):
   return out.join('\n') + '\n';
 }
 
-/** The environment shipped in uboot.env: it replaces U-Boot's built-in one, so it is complete. */
-export function initialUbootEnv(opts: RpiBootOptions): Record<string, string> {
-  const order = orderedSlots(opts);
-  const tries = String(opts.tries ?? 3);
-  const env: Record<string, string> = {
-    BOOT_ORDER: order.join(' '),
+/**
+ * The variables of the shipped uboot.env other than the A/B state (BOOT_ORDER, BOOT_x_LEFT). The
+ * file replaces U-Boot's built-in environment, so the update agent writes these back whenever it
+ * has to rebuild an environment U-Boot could not read.
+ */
+export function rpiUbootBaseEnv(): Record<string, string> {
+  return {
     baudrate: '115200',
     // Straight to our script: skips bootstd's scan (EFI manager, extlinux) before it finds boot.scr.
     bootcmd: `load ${RPI_UBOOT_ENV.interface} ${RPI_UBOOT_ENV.devicePart} \${scriptaddr} boot.scr; source \${scriptaddr}`,
@@ -286,9 +287,31 @@ export function initialUbootEnv(opts: RpiBootOptions): Record<string, string> {
     stdin: 'serial',
     stdout: 'serial,vidconsole',
   };
+}
+
+/** The environment shipped in uboot.env: it replaces U-Boot's built-in one, so it is complete. */
+export function initialUbootEnv(opts: RpiBootOptions): Record<string, string> {
+  const order = orderedSlots(opts);
+  const tries = String(opts.tries ?? 3);
+  const env: Record<string, string> = { BOOT_ORDER: order.join(' '), ...rpiUbootBaseEnv() };
   // A slot that ships empty is not in BOOT_ORDER and has no tries: U-Boot never picks it.
   for (const s of opts.slots) env[counterVar(s.name)] = s.kernel ? tries : '0';
   return env;
+}
+
+/** The folder config.txt (or tryboot.txt) makes the firmware load the slot from (`os_prefix=`), or undefined. */
+export function configOsPrefix(text: string): string | undefined {
+  const m = /^os_prefix=(.*)$/m.exec(text.replace(/\r/g, ''));
+  return m ? m[1].trim() : undefined;
+}
+
+/**
+ * config.txt's text with `os_prefix=` naming another slot folder, everything else kept: how the
+ * update agent turns the committed slot's config.txt into the trial's tryboot.txt and back.
+ */
+export function withOsPrefix(text: string, prefix: string, where = 'config.txt'): string {
+  if (configOsPrefix(text) === undefined) throw new EdgekitError(`${where}: no os_prefix= line (not a tryboot boot partition)`);
+  return text.replace(/^os_prefix=.*$/m, `os_prefix=${prefix}`);
 }
 
 /** The A/B script for these options (text, before wrapping in a script image). */

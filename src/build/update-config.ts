@@ -37,6 +37,7 @@ export function agentConfigFor(spec: Pick<ImageSpec, 'name' | 'version'> & { upd
       trustedRoot: `/${TRUSTED_ROOT_FILE}`,
       builtAt: epoch,
       tries: board.update.tries,
+      bootchooser: board.update.bootchooser,
       ...(u.health ? { health: u.health } : {}),
       ...(u.dataBudget !== undefined ? { dataBudget: u.dataBudget } : {}),
       ...(u.checkInterval !== undefined ? { checkInterval: u.checkInterval } : {}),

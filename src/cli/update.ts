@@ -17,9 +17,10 @@ export function registerUpdate(program: Command): void {
     .option('--cmdline <text>', 'the command line of the running slot (edgekit.slot=a|b) instead of /proc/cmdline')
     .action(async (o: { from: string; config: string; reboot: boolean; partitions?: string; cmdline?: string }) => {
       const config = await loadAgentConfig(o.config);
-      const outcome = await runPass({ config, fromDir: o.from, log, device: { partitionsFile: o.partitions, cmdline: o.cmdline } });
+      let rebootArgument: string | undefined;
+      const outcome = await runPass({ config, fromDir: o.from, log, device: { partitionsFile: o.partitions, cmdline: o.cmdline }, onReboot: (a) => (rebootArgument = a) });
       if (outcome === 'failed') throw new EdgekitError(`update from ${o.from} failed (see above)`);
-      if (outcome === 'reboot' && o.reboot) await rebootDevice(log);
+      if (outcome === 'reboot' && o.reboot) await rebootDevice(log, rebootArgument);
     });
   program
     .command('agent')

@@ -73,7 +73,7 @@ function createTag(o: AgentImageOptions): string {
 }
 
 /** Publishes a built image as release `version` on the stable channel. */
-export async function publish(repo: AgentRepo, image: string, version: string): Promise<void> {
-  const r = await edgekit(['release', image, '--repo', repo.repo, '--keys', repo.keys, '--version', version]);
+export async function publish(repo: AgentRepo, image: string, version: string, extra: string[] = []): Promise<void> {
+  const r = await edgekit(['release', image, '--repo', repo.repo, '--keys', repo.keys, '--version', version, ...extra]);
   if (r.code !== 0) throw new Error(`release ${version}: ${r.stderr}`);
 }

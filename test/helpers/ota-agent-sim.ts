@@ -13,6 +13,8 @@ import { runAgentOnce, type AgentOutcome } from '../../src/ota/agent/agent.js';
 import { createReporter, type Report } from '../../src/ota/agent/reports.js';
 import { httpTargetSource, type TargetSource } from '../../src/ota/agent/target-source.js';
 import type { StepDriver } from '../../src/ota/sim/step-driver.js';
+import type { SimBootChain } from '../../src/ota/sim/boot-chains.js';
+import type { Booted } from '../../src/ota/sim/device.js';
 import type { ImageManifest } from '../../src/image/manifest.js';
 import type { Slot } from '../../src/ota/slots/bootchooser.js';
 
@@ -35,15 +37,18 @@ export async function simAgentDevice(o: {
   trustedRoot: string;
   server: string;
   config?: Partial<AgentConfigInput>;
+  /** The board's boot chain; default systemd-boot. */
+  chain?: SimBootChain;
 }): Promise<SimAgentSetup> {
   execFileSync('cp', ['--sparse=always', o.image, o.copy]);
-  const dev = await SimDevice.open({ image: o.copy, layout: simLayoutFromManifest(o.manifest), seed: 7, tries: 3, workingKernels: o.workingKernels });
+  const dev = await SimDevice.open({ image: o.copy, layout: simLayoutFromManifest(o.manifest), seed: 7, tries: 3, workingKernels: o.workingKernels, chain: o.chain });
   const config = (version: string) =>
     parseAgentConfig(
       {
         server: o.server,
         name: o.manifest.name,
         board: o.manifest.board,
+        bootchooser: o.manifest.bootchooser,
         version,
         trustedRoot: o.trustedRoot,
         stateDir: o.stateDir,
@@ -62,6 +67,12 @@ export function bootedVersion(s: SimAgentSetup): { slot: Slot; version: string }
   const version = s.versions.get(root);
   if (!version) throw new Error(`slot ${booted.slot} runs an unknown root ${root}`);
   return { slot: booted.slot, version };
+}
+
+/** The reboot the service makes after a pass that asks for one: the bootchooser's last word first. */
+export async function serviceReboot(s: SimAgentSetup): Promise<Booted> {
+  const chooser = await s.dev.chooser();
+  return s.dev.reboot(await chooser.prepareReboot());
 }
 
 /** One agent pass on the running simulated device. */

@@ -1,6 +1,7 @@
 /**
- * Real images for release tests: the gateway example for qemu-x86_64, and a second build of it
- * from a spec copy with another version (and hostname, so its payloads differ).
+ * Real images for release tests: the gateway example (for qemu-x86_64 unless another board is
+ * named), and a second build of it from a spec copy with another version (and hostname, so its
+ * payloads differ).
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -10,8 +11,8 @@ import { canonicalJson } from '../../src/sign/signed.js';
 import { tufKeyOf } from '../../src/ota/repo/role-keys.js';
 import { publicKeyOf } from '../../src/sign/keys.js';
 
-export async function gatewayImages(): Promise<{ v1: BuiltImage; v2: BuiltImage }> {
-  const v1 = await builtImage('gateway', 'qemu-x86_64');
+export async function gatewayImages(board = 'qemu-x86_64'): Promise<{ v1: BuiltImage; v2: BuiltImage }> {
+  const v1 = await builtImage('gateway', board);
   const dir = join(testDir(), 'specs', 'gateway-v2');
   mkdirSync(dir, { recursive: true });
   const spec = readFileSync(join(REPO, 'examples', 'gateway.yml'), 'utf8');
@@ -19,7 +20,7 @@ export async function gatewayImages(): Promise<{ v1: BuiltImage; v2: BuiltImage 
   if (changed === spec) throw new Error('gateway.yml: version/hostname lines not found');
   const path = join(dir, 'gateway.yml');
   writeFileSync(path, changed);
-  const v2 = await builtImage(path, 'qemu-x86_64');
+  const v2 = await builtImage(path, board);
   return { v1, v2 };
 }
 

@@ -10,7 +10,7 @@ import { verifyVerity } from '../../src/fs/verity.js';
 import { PowerCut } from '../../src/ota/sim/sim-disk.js';
 import type { Booted, SimDevice } from '../../src/ota/sim/device.js';
 import { scriptedUpdate, type ReleaseUnderTest, type UpdateReport } from '../../src/ota/sim/scripted-updater.js';
-import { cuttingSteps, type UpdateStepName } from '../../src/ota/sim/step-driver.js';
+import { cuttingSteps, directSteps, type UpdateStepName } from '../../src/ota/sim/step-driver.js';
 
 export interface RunOptions {
   /** Root hashes a booted slot may have: the running release and the one being installed. */
@@ -57,7 +57,9 @@ export async function runUpdate(dev: SimDevice, release: ReleaseUnderTest, opts:
       if (out === 'failed') return { outcome: 'failed', reason: reports[reports.length - 1].reason, reports, boots, rollbacks };
       if (out === 'rolled-back') return { outcome: 'failed', reason: `gave up after ${rollbacks} rollbacks`, reports, boots, rollbacks };
       await opts.beforeReboot?.(dev);
-      booted = await dev.reboot();
+      // What the agent's service does before it reboots: the boot chain's last word (tryboot's flag).
+      const argument = await (steps ?? directSteps).step('prepare-reboot', () => host.chooser.prepareReboot());
+      booted = await dev.reboot(argument);
     } catch (err) {
       if (!(err instanceof PowerCut)) throw err;
       booted = await dev.cutAndPowerOn();

@@ -1,8 +1,10 @@
 /**
  * Disk images and releases for the device simulator: a small synthetic image with the same A/B
  * layout as a built one (GPT, ESP with systemd-boot's files, two slots holding squashfs-like
- * payloads with a dm-verity tree), so a thousand fault schedules stay fast; and the same for a
- * real built gateway image.
+ * payloads with a dm-verity tree), so a thousand fault schedules stay fast; the same for a
+ * Raspberry Pi (MBR, FAT boot partition made by the builder's own rpiBootFiles: config.txt,
+ * boot.scr, uboot.env or tryboot's files, with stand-in firmware, U-Boot and device trees); and
+ * the same for a real built gateway image.
  */
 import { createHash } from 'node:crypto';
 import { closeSync, openSync, readFileSync, writeFileSync, writeSync, ftruncateSync, readSync } from 'node:fs';
@@ -13,6 +15,9 @@ import { FatReader } from '../../src/fs/fat-reader.js';
 import { buildGpt } from '../../src/fs/gpt.js';
 import { appendVerityHashTree } from '../../src/fs/verity.js';
 import { entryConf, entryFileName, loaderConf } from '../../src/boot/systemd-boot.js';
+import { RPI_MODELS, rpiBootFiles, type RpiModel } from '../../src/boot/rpi.js';
+import { buildMbr, MBR_TYPE } from '../../src/fs/mbr.js';
+import { cmdlineForSlot, cmdlineWithoutSlot } from '../../src/ota/slots/bootchooser.js';
 import { GPT_TYPES } from '../../src/image/layout.js';
 import type { ImageManifest } from '../../src/image/manifest.js';
 import type { SimLayout } from '../../src/ota/sim/layout.js';
@@ -106,6 +111,84 @@ export async function makeSimImage(dir: string, release: SimRelease, opts: { esp
     const espBytes = readFileSync(espPath);
     writeSync(fd, espBytes, 0, espBytes.length, esp.start);
     writeSync(fd, release.data, 0, release.data.length, a.start);
+  } finally {
+    closeSync(fd);
+  }
+  return { image, layout };
+}
+
+/**
+ * A small Raspberry Pi disk (MBR: FAT boot, system-a, system-b, config) whose boot partition is
+ * what the builder writes for `model` with `loader`, slot A holding `release` and slot B empty
+ * (as built) or holding `slotB`.
+ * Only the files the firmware itself would run (start*.elf, u-boot.bin) and the device trees are
+ * stand-ins: the simulator never executes them.
+ */
+export async function makeRpiSimImage(
+  dir: string,
+  release: SimRelease,
+  opts: { loader: 'uboot' | 'tryboot'; model?: RpiModel; bootBytes?: number; slotBytes?: number; tries?: number; slotB?: SimRelease },
+): Promise<{ image: string; layout: SimLayout }> {
+  const model = opts.model ?? 'rpi4';
+  const boot = { start: MiB, size: opts.bootBytes ?? 8 * MiB };
+  const slotSize = opts.slotBytes ?? 256 * 1024;
+  const a = { start: boot.start + boot.size, size: slotSize };
+  const b = { start: a.start + slotSize, size: slotSize };
+  const config = { start: b.start + slotSize, size: MiB };
+  const diskSize = config.start + config.size + MiB;
+  const layout: SimLayout = { boot, slots: { a, b } };
+
+  const stand = (name: string, n: number) => {
+    const p = join(dir, `stand-in-${name.replace(/\W+/g, '_')}`);
+    writeFileSync(p, bytes(n, `stand-in ${name}`));
+    return p;
+  };
+  const dtbs = { [RPI_MODELS[model].kernelDtb]: stand(RPI_MODELS[model].kernelDtb, 3000) };
+  const slot = (name: 'A' | 'B', r: SimRelease | undefined) => {
+    if (!r) return { name, cmdline: '', dtbs: {} };
+    const kernel = join(dir, `vmlinuz-${r.version}`);
+    writeFileSync(kernel, r.boot.kernel);
+    const initrd = join(dir, `initrd-${r.version}`);
+    writeFileSync(initrd, r.boot.initrd!);
+    // As the builder does: under U-Boot the script appends edgekit.slot=, with tryboot cmdline.txt carries it.
+    const cmdline = opts.loader === 'uboot' ? cmdlineWithoutSlot(r.boot.cmdline) : cmdlineForSlot(r.boot.cmdline, name === 'A' ? 'a' : 'b');
+    return { name, kernel, initrd, cmdline, dtbs };
+  };
+  const files = rpiBootFiles({
+    model,
+    loader: opts.loader,
+    firmwareFile: (name) => stand(name, 4000),
+    ubootBin: stand('u-boot.bin', 6000),
+    dtbs,
+    slots: [slot('A', release), slot('B', opts.slotB)],
+    tries: opts.tries ?? 3,
+    sourceDateEpoch: 1_700_000_000,
+  });
+  const tree = new Tree();
+  for (const f of files) tree.file(f.path, f.data ?? readFileSync(f.file!));
+  const bootPath = join(dir, `rpi-${opts.loader}-boot.fat`);
+  await writeFat(tree, bootPath, { size: boot.size, label: 'BOOT', volumeId: 0x5eed, mtime: 1_700_000_000, partitionOffset: boot.start });
+
+  const image = join(dir, `rpi-${opts.loader}-disk.img`);
+  const table = buildMbr({
+    diskSize,
+    diskSignature: 0x5eed0001,
+    partitions: [
+      { type: MBR_TYPE.fat32Lba, firstLba: boot.start / 512, sectors: boot.size / 512, bootable: true },
+      { type: MBR_TYPE.linux, firstLba: a.start / 512, sectors: a.size / 512 },
+      { type: MBR_TYPE.linux, firstLba: b.start / 512, sectors: b.size / 512 },
+      { type: MBR_TYPE.fat32Lba, firstLba: config.start / 512, sectors: config.size / 512 },
+    ],
+    alignment: 512,
+  });
+  const fd = openSync(image, 'w');
+  try {
+    ftruncateSync(fd, diskSize);
+    for (const w of table) writeSync(fd, w.data, 0, w.data.length, w.offset);
+    const bootBytes = readFileSync(bootPath);
+    writeSync(fd, bootBytes, 0, bootBytes.length, boot.start);
+    writeSync(fd, release.data, 0, release.data.length, a.start);
+    if (opts.slotB) writeSync(fd, opts.slotB.data, 0, opts.slotB.data.length, b.start);
   } finally {
     closeSync(fd);
   }

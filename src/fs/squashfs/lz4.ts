@@ -22,43 +22,51 @@ export function lz4Bound(n: number): number {
 
 export type Lz4Compress = (src: Uint8Array, dst: Uint8Array) => number;
 
+const HASH_LOG = 16;
+const MIN_MATCH = 4;
+/** The format's end rules: the last 5 bytes are literals, and no match starts in the last 12. */
+const LAST_LITERALS = 5;
+const MF_LIMIT = 12;
+const MAX_OFFSET = 65535;
+/** After 2^SKIP_TRIGGER misses in a row, the search step grows by one (LZ4's acceleration). */
+const SKIP_TRIGGER = 6;
+/** Below this many bytes a loop beats making a subarray for set()/copyWithin(). */
+const SHORT = 32;
+
+function read32(b: Uint8Array, i: number): number {
+  return b[i] | (b[i + 1] << 8) | (b[i + 2] << 16) | (b[i + 3] << 24);
+}
+
+function hash(v: number): number {
+  return Math.imul(v, 2654435761) >>> (32 - HASH_LOG);
+}
+
+function copyBytes(src: Uint8Array, from: number, dst: Uint8Array, to: number, len: number): number {
+  if (len > SHORT) dst.set(src.subarray(from, from + len), to);
+  else for (let i = 0; i < len; i++) dst[to + i] = src[from + i];
+  return to + len;
+}
+
+function writeLength(dst: Uint8Array, op: number, len: number): number {
+  while (len >= 255) {
+    dst[op++] = 255;
+    len -= 255;
+  }
+  dst[op++] = len;
+  return op;
+}
+
 /** Makes an encoder with its own hash table (an encoder is not re-entrant; one per thread). */
 export function lz4Encoder(): Lz4Compress {
-  const HASH_LOG = 16;
-  const MIN_MATCH = 4;
-  // The format's end rules: the last 5 bytes are literals, and no match starts in the last 12.
-  const LAST_LITERALS = 5;
-  const MF_LIMIT = 12;
-  const MAX_OFFSET = 65535;
-  // After 2^SKIP_TRIGGER misses in a row, the search step grows by one (LZ4's acceleration).
-  const SKIP_TRIGGER = 6;
-  // Below this many bytes a loop beats making a subarray for set().
-  const SHORT = 32;
   // Positions are stored as (generation base + position) so the table never needs clearing:
   // anything below the current base belongs to an earlier block.
   const table = new Int32Array(1 << HASH_LOG);
   let base = 0;
 
-  const read32 = (b: Uint8Array, i: number) => b[i] | (b[i + 1] << 8) | (b[i + 2] << 16) | (b[i + 3] << 24);
-  const hash = (v: number) => Math.imul(v, 2654435761) >>> (32 - HASH_LOG);
-  const copyBytes = (src: Uint8Array, from: number, dst: Uint8Array, to: number, len: number): number => {
-    if (len > SHORT) dst.set(src.subarray(from, from + len), to);
-    else for (let i = 0; i < len; i++) dst[to + i] = src[from + i];
-    return to + len;
-  };
-  const writeLength = (dst: Uint8Array, op: number, len: number): number => {
-    while (len >= 255) {
-      dst[op++] = 255;
-      len -= 255;
-    }
-    dst[op++] = len;
-    return op;
-  };
-
   return (src, dst) => {
     const n = src.length;
     if (n > 1 << 20) throw new RangeError(`lz4: block of ${n} bytes is over 1 MiB`);
-    if (dst.length < n + Math.floor(n / 255) + 16) throw new RangeError('lz4: output buffer too small');
+    if (dst.length < lz4Bound(n)) throw new RangeError('lz4: output buffer too small');
     if (base > 0x7fffffff - 2 * (1 << 20)) {
       table.fill(0);
       base = 0;
@@ -123,17 +131,22 @@ export function lz4Encoder(): Lz4Compress {
  */
 export const lz4Compress: Lz4Compress = lz4Encoder();
 
-const MIN_MATCH = 4;
-/** Below this many bytes a loop beats making a subarray for set()/copyWithin(). */
-const SHORT = 32;
-
-function copyBytes(src: Uint8Array, from: number, dst: Uint8Array, to: number, len: number): number {
-  if (len > SHORT) dst.set(src.subarray(from, from + len), to);
-  else for (let i = 0; i < len; i++) dst[to + i] = src[from + i];
-  return to + len;
-}
-
 export class Lz4FormatError extends Error {}
+
+/** Where the last extendedLength() stopped (a module variable: no object per call). */
+let lengthEnd = 0;
+
+/** A length of 15 continues in bytes of up to 255 each, until one below 255. */
+function extendedLength(src: Uint8Array, at: number, len: number): number {
+  let x;
+  do {
+    if (at >= src.length) throw new Lz4FormatError('lz4: block ends inside a length');
+    x = src[at++];
+    len += x;
+  } while (x === 255);
+  lengthEnd = at;
+  return len;
+}
 
 /**
  * Decompresses one LZ4 block into `dst` and returns the decompressed length. Checks every length
@@ -149,12 +162,8 @@ export function lz4Decompress(src: Uint8Array, dst: Uint8Array): number {
     const token = src[ip++];
     let lit = token >>> 4;
     if (lit === 15) {
-      let x;
-      do {
-        if (ip >= end) throw new Lz4FormatError('lz4: block ends inside a length');
-        x = src[ip++];
-        lit += x;
-      } while (x === 255);
+      lit = extendedLength(src, ip, lit);
+      ip = lengthEnd;
     }
     if (ip + lit > end || op + lit > dst.length) throw new Lz4FormatError('lz4: literals run past the block');
     op = copyBytes(src, ip, dst, op, lit);
@@ -165,12 +174,8 @@ export function lz4Decompress(src: Uint8Array, dst: Uint8Array): number {
     ip += 2;
     let len = token & 15;
     if (len === 15) {
-      let x;
-      do {
-        if (ip >= end) throw new Lz4FormatError('lz4: block ends inside a length');
-        x = src[ip++];
-        len += x;
-      } while (x === 255);
+      len = extendedLength(src, ip, len);
+      ip = lengthEnd;
     }
     len += MIN_MATCH;
     if (offset === 0 || offset > op) throw new Lz4FormatError(`lz4: match offset ${offset} before the start`);

@@ -96,6 +96,9 @@ export async function runAgentOnce(ctx: AgentContext): Promise<AgentOutcome> {
         log(`edgekit-agent: slot ${other} (${state.attempt.version}) is waiting to be tried: rebooting`);
         return 'reboot';
       }
+      // The boot chain fell back to this slot: keep it. (U-Boot would otherwise try the failed
+      // slot again once this slot's counter runs down; for the others this changes nothing.)
+      await steps.step('mark-good', () => host.chooser.markGood(active));
       const version = state.attempt.version;
       const boots = state.attempt.unhealthyBoots;
       state.rolledBack = [...new Set([...state.rolledBack, version])];

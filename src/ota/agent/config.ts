@@ -25,7 +25,8 @@ export const agentConfigSchema = z.strictObject({
   builtAt: z.number().int().nonnegative().optional(),
   /** Boot tries a new slot gets (the board's update.tries). */
   tries: z.number().int().min(1).max(9).default(3),
-  bootchooser: z.enum(['systemd-boot']).default('systemd-boot'),
+  /** How the boot chain picks a slot (the board's update.bootchooser): see src/ota/slots/choosers.ts. */
+  bootchooser: z.enum(['systemd-boot', 'uboot', 'tryboot']).default('systemd-boot'),
   /** Seconds between checks for a new release. */
   checkInterval: z.number().positive().default(3600),
   /** Bytes one update may download at most (retries count too); none: no limit. */

@@ -1,14 +1,14 @@
 /**
  * The agent's host on a real device: the disk's partitions from /etc/edgekit/partitions (written
  * by the builder: `disk /dev/vda`, `part system-a 2` ...), the boot partition edited in place
- * through O3's FAT editor, and the bootchooser the board uses.
+ * through O3's FAT editor, and the bootchooser the image's update configuration names.
  */
 import { readFile } from 'node:fs/promises';
 import { FatVolume } from '../../fs/fat-edit.js';
 import { EdgekitError } from '../../util/errors.js';
 import { openBlockDevice, type OpenBlockDevice } from '../slots/block-device.js';
 import type { Slot } from '../slots/bootchooser.js';
-import { systemdBootChooser } from '../slots/systemd-boot.js';
+import { openBootchooser } from '../slots/choosers.js';
 import type { AgentHost } from './agent.js';
 import type { AgentConfig } from './config.js';
 import { checkHealth, systemProbes } from './health.js';
@@ -60,17 +60,23 @@ export async function openDeviceHost(config: AgentConfig, o: DeviceHostOptions =
     opened.push(d);
     return d;
   };
-  const bootDev = await openDev(partitionPath(map, 'boot'));
-  const slots: Record<Slot, OpenBlockDevice> = { a: await openDev(paths.a), b: await openDev(paths.b) };
-  const boot = await FatVolume.open(bootDev);
-  return {
-    chooser: systemdBootChooser(boot, { tries: config.tries, ...(o.cmdline !== undefined ? { cmdline: async () => o.cmdline! } : {}) }),
-    boot,
-    slotDevice: (s) => slots[s],
-    slotPath: (s) => paths[s],
-    health: () => checkHealth(config, systemProbes),
-    async close() {
-      for (const d of opened) await d.close();
-    },
+  const closeAll = async () => {
+    for (const d of opened) await d.close();
   };
+  try {
+    const bootDev = await openDev(partitionPath(map, 'boot'));
+    const slots: Record<Slot, OpenBlockDevice> = { a: await openDev(paths.a), b: await openDev(paths.b) };
+    const boot = await FatVolume.open(bootDev);
+    return {
+      chooser: await openBootchooser(config.bootchooser, boot, { tries: config.tries, ...(o.cmdline !== undefined ? { cmdline: async () => o.cmdline! } : {}) }),
+      boot,
+      slotDevice: (s) => slots[s],
+      slotPath: (s) => paths[s],
+      health: () => checkHealth(config, systemProbes),
+      close: closeAll,
+    };
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
 }

@@ -23,6 +23,8 @@ export interface PassOptions {
   /** Where the device's partitions and command line come from when `host` is not given. */
   device?: DeviceHostOptions;
   alive?: () => void;
+  /** Receives what the reboot must pass the kernel ("0 tryboot"; undefined: nothing) when the pass asks for a reboot. */
+  onReboot?: (argument: string | undefined) => void;
 }
 
 export function metadataClientFor(config: AgentConfig, fromDir?: string): MetadataClient {
@@ -49,7 +51,14 @@ export async function runPass(o: PassOptions): Promise<AgentOutcome> {
   const source: TargetSource = o.fromDir ? dirTargetSource(o.fromDir) : httpTargetSource(serverOf(o.config));
   const report: Reporter = createReporter({ server: o.fromDir ? undefined : o.config.server, log: o.log });
   try {
-    return await runAgentOnce({ config: o.config, host, client: metadataClientFor(o.config, o.fromDir), source, report, log: o.log, alive: o.alive });
+    const outcome = await runAgentOnce({ config: o.config, host, client: metadataClientFor(o.config, o.fromDir), source, report, log: o.log, alive: o.alive });
+    if (outcome === 'reboot') {
+      // The boot chain's last word before the reboot: tryboot spends a trial try and needs its flag set.
+      const argument = await host.chooser.prepareReboot();
+      if (argument) o.log(`edgekit-agent: the reboot must pass "${argument}" (${host.chooser.kind})`);
+      o.onReboot?.(argument);
+    }
+    return outcome;
   } finally {
     await host.close?.();
   }
@@ -67,10 +76,11 @@ export function startWatchdog(seconds: number, log: (line: string) => void): { k
   return { kick: () => (last = performance.now()), stop: () => clearInterval(timer) };
 }
 
-export function rebootDevice(log: (line: string) => void): Promise<void> {
-  log('edgekit-agent: rebooting');
+/** Reboots; `argument` goes to the kernel's restart command (reboot(2) RESTART2), e.g. "0 tryboot". */
+export function rebootDevice(log: (line: string) => void, argument?: string): Promise<void> {
+  log(`edgekit-agent: rebooting${argument ? ` with "${argument}"` : ''}`);
   return new Promise((resolve) => {
-    execFile('/usr/sbin/reboot', [], () => resolve());
+    execFile('/usr/sbin/reboot', argument ? [argument] : [], () => resolve());
   });
 }
 
@@ -80,8 +90,9 @@ export async function runService(config: AgentConfig, log: (line: string) => voi
   for (;;) {
     dog.kick();
     let outcome: AgentOutcome;
+    let rebootArgument: string | undefined;
     try {
-      outcome = await runPass({ config, log, alive: dog.kick });
+      outcome = await runPass({ config, log, alive: dog.kick, onReboot: (a) => (rebootArgument = a) });
     } catch (err) {
       // Not a reason to stop the service: report on the console and try again at the next check.
       log(`edgekit-agent: ${err instanceof Error ? err.message : String(err)}`);
@@ -89,7 +100,7 @@ export async function runService(config: AgentConfig, log: (line: string) => voi
     }
     if (outcome === 'reboot') {
       dog.stop();
-      await rebootDevice(log);
+      await rebootDevice(log, rebootArgument);
       // init is taking the system down; wait for it.
       await new Promise(() => {});
     }

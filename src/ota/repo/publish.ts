@@ -122,7 +122,8 @@ async function makeDeltasFrom(o: PublishOptions, t: Targets, x: ExtractedRelease
     const fromSha = rootTarget.hashes.sha256;
     if (fromSha === toSha) continue;
     const oldFile = targetFilePath(o.repo, rootTarget.path, fromSha);
-    const file = join(staging, `from-${from}.delta`);
+    await mkdir(join(staging, 'deltas', from), { recursive: true });
+    const file = join(staging, 'deltas', from, 'system.delta');
     const info = await makeDelta(oldFile, root.path, file, salt ? { veritySalt: salt } : {});
     o.onDelta?.(from, info);
     out.push({ file, fromVersion: from, fromSha256: fromSha, info: { bytes: info.bytes, copiedBytes: info.copiedBytes, rebuiltBytes: info.rebuiltBytes, changedFiles: info.changedFiles } });

@@ -1,15 +1,17 @@
 /**
  * A simulated device: a disk image with the board's A/B layout on a power-cuttable disk, the boot
- * firmware model, and the running system's view (/proc/cmdline, the bootchooser, slot devices).
+ * chain's firmware model (boot-chains.ts), and the running system's view (/proc/cmdline, the
+ * bootchooser, slot devices).
  */
 import { FatVolume } from '../../fs/fat-edit.js';
 import { EdgekitError } from '../../util/errors.js';
 import { partitionDevice, type BlockDevice } from '../slots/block-device.js';
 import type { Bootchooser, Slot } from '../slots/bootchooser.js';
-import { systemdBootChooser } from '../slots/systemd-boot.js';
+import { openBootchooser } from '../slots/choosers.js';
+import { systemdBootChain, type SimBootChain } from './boot-chains.js';
+import type { BootAttempt } from './kernel-start.js';
 import type { SimLayout } from './layout.js';
 import { PowerCut, SimDisk } from './sim-disk.js';
-import { systemdBootAttempt, type BootAttempt } from './systemd-boot-model.js';
 import type { UpdaterHost } from './scripted-updater.js';
 
 export interface SimDeviceOptions {
@@ -26,6 +28,8 @@ export interface SimDeviceOptions {
   lyingSync?: boolean;
   /** Power-ons in a row that may fail before the device counts as bricked. */
   maxBootAttempts?: number;
+  /** The boot chain's firmware and the bootchooser that goes with it; default systemd-boot. */
+  chain?: SimBootChain;
 }
 
 export interface Booted {
@@ -37,6 +41,8 @@ export interface Booted {
 export class SimDevice {
   booted: Booted | undefined;
   readonly bootLog: BootAttempt[] = [];
+  /** What the next reboot passes the firmware (tryboot's flag); a power cut loses it. */
+  private rebootArgument: string | undefined;
 
   private constructor(readonly disk: SimDisk, private readonly opts: SimDeviceOptions) {}
 
@@ -60,15 +66,19 @@ export class SimDevice {
     this.booted = undefined;
     const max = this.opts.maxBootAttempts ?? 12;
     for (let i = 0; i < max; i++) {
+      // The firmware consumes the flag before it starts anything: a failed start or a cut loses it.
+      const rebootArgument = this.rebootArgument;
+      this.rebootArgument = undefined;
       let attempt: BootAttempt;
       try {
-        attempt = await systemdBootAttempt(this.disk, this.opts.layout, { workingKernels: this.opts.workingKernels });
+        attempt = await this.chain.powerOn(this.disk, this.opts.layout, { workingKernels: this.opts.workingKernels, rebootArgument });
       } catch (err) {
         if (!(err instanceof PowerCut)) throw err;
         await this.disk.powerCut();
         continue;
       }
       this.bootLog.push(attempt);
+      if (!attempt.booted && attempt.stuck) throw new EdgekitError(`simulated device stuck in its boot firmware: ${attempt.reason}`);
       // A failed start leaves nothing unsynced behind; the reset is clean.
       await this.disk.shutdown();
       if (attempt.booted) {
@@ -79,16 +89,22 @@ export class SimDevice {
     throw new EdgekitError(`simulated device bricked: ${max} power-ons without a slot that boots (last: ${JSON.stringify(this.bootLog[this.bootLog.length - 1])})`);
   }
 
-  /** A clean reboot: caches are written back, then the firmware runs. */
-  async reboot(): Promise<Booted> {
+  /** A clean reboot: caches are written back, then the firmware runs. `argument` is what `reboot` passed the kernel. */
+  async reboot(argument?: string): Promise<Booted> {
     await this.disk.shutdown();
+    this.rebootArgument = argument;
     return this.powerOn();
   }
 
   /** The power goes (now, or where a scheduled cut already took it) and comes back. */
   async cutAndPowerOn(): Promise<Booted> {
+    this.rebootArgument = undefined;
     await this.disk.powerCut();
     return this.powerOn();
+  }
+
+  get chain(): SimBootChain {
+    return this.opts.chain ?? systemdBootChain;
   }
 
   slotDevice(slot: Slot): BlockDevice {
@@ -102,7 +118,7 @@ export class SimDevice {
 
   /** The bootchooser over `volume` (pass the one the caller already edits: each keeps the FAT in memory). */
   async chooser(volume?: FatVolume): Promise<Bootchooser> {
-    return systemdBootChooser(volume ?? (await this.bootVolume()), { tries: this.opts.tries, cmdline: async () => this.cmdline() });
+    return openBootchooser(this.chain.kind, volume ?? (await this.bootVolume()), { tries: this.opts.tries, cmdline: async () => this.cmdline() });
   }
 
   /** /proc/cmdline of the running system. */

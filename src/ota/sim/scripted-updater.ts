@@ -6,6 +6,7 @@
  *   running the release, not yet blessed  -> health check, markGood, 'committed'
  *   running the release, blessed          -> 'committed'
  *   the other slot was tried, fell back   -> 'rolled-back' (reinstalled if asked to)
+ *   the other slot waits for its trial    -> 'reboot'
  *   otherwise                             -> invalidate the other slot, writeSlot (unless it already
  *                                            holds the payload), tryOnce, 'reboot'
  */
@@ -77,8 +78,16 @@ export async function scriptedUpdate(
     // Every install starts by invalidating the slot, so a failed entry is the last install's.
     if (stateOf(other).failed) {
       say('rolled-back', `slot ${other} did not boot healthy with ${release.version}; slot ${active} runs`);
-      if (!opts.reinstallAfterRollback) return 'rolled-back';
+      if (!opts.reinstallAfterRollback) {
+        // Keep the slot the boot chain fell back to (as the agent does).
+        await steps.step('mark-good', () => chooser.markGood(active));
+        return 'rolled-back';
+      }
     }
+    // A trial the boot chain has not started yet (tryboot: only the reboot the updater asks for
+    // sets the firmware's flag, and a power cut loses it): reboot into it, as the agent does.
+    const pending = stateOf(other);
+    if (pending.bootable && !pending.good && !pending.failed && (await chooser.primarySlot()) === other) return 'reboot';
     say('installing');
     await steps.step('invalidate', () => chooser.invalidate(other));
     if (!(await holds(other))) {

@@ -5,7 +5,7 @@
  */
 import type { SimDisk } from './sim-disk.js';
 
-export type UpdateStepName = 'repair-boot' | 'check-installed' | 'invalidate' | 'write-slot' | 'try-once' | 'health' | 'mark-good';
+export type UpdateStepName = 'repair-boot' | 'check-installed' | 'invalidate' | 'write-slot' | 'try-once' | 'health' | 'mark-good' | 'prepare-reboot';
 
 export interface StepDriver {
   step<T>(name: UpdateStepName, run: () => Promise<T>): Promise<T>;

@@ -1,22 +1,18 @@
 /**
  * A model of systemd-boot's boot counting, as the simulator's firmware: it reads the ESP as it is
  * after a power cut, picks an entry the way systemd-boot does, spends one try by renaming the
- * entry (a write that can itself be cut), then "boots" the entry only if its kernel is one the
- * test knows to work and its slot passes dm-verity (standing in for the kernel's verified boot).
+ * entry (a write that can itself be cut), then starts it through startSlotKernel (kernel-start.ts).
  *
  * Selection, as systemd-boot does with no default configured: entries with no tries left sort
  * after all others; then by id (the file name without the counter) in version order, highest
  * first; then more tries left first, then fewer tries done first. The first entry boots.
  * The counter rename: +L-D -> +(L-1)-(D+1), never below +0.
  */
-import { createHash } from 'node:crypto';
 import { FatReader } from '../../fs/fat-reader.js';
 import { FatVolume } from '../../fs/fat-edit.js';
-import { partitionDevice } from '../slots/block-device.js';
-import { verifyVerityOnDevice } from '../slots/verity-check.js';
-import type { Slot } from '../slots/bootchooser.js';
 import type { SimDisk } from './sim-disk.js';
 import type { SimLayout } from './layout.js';
+import { startSlotKernel, type BootAttempt, type FirmwareOptions } from './kernel-start.js';
 
 export interface ModelEntry {
   file: string;
@@ -61,14 +57,7 @@ export function sortEntries(entries: ModelEntry[]): ModelEntry[] {
   );
 }
 
-export type BootAttempt =
-  | { booted: true; slot: Slot; entry: string; cmdline: string }
-  | { booted: false; entry?: string; reason: string };
-
-export interface FirmwareOptions {
-  /** sha256 of kernels that start; any other kernel (torn, stale) crashes like a bad image would. */
-  workingKernels: Set<string>;
-}
+export type { BootAttempt, FirmwareOptions };
 
 /** One power-on of a systemd-boot device: choose, count, then start the slot or fail. */
 export async function systemdBootAttempt(disk: SimDisk, layout: SimLayout, opts: FirmwareOptions): Promise<BootAttempt> {
@@ -96,30 +85,16 @@ export async function systemdBootAttempt(disk: SimDisk, layout: SimLayout, opts:
     const m = /^(\S+)\s+(.*)$/.exec(line.trim());
     if (m) fields.set(m[1], m[2]);
   }
-  const options = fields.get('options') ?? '';
-  const slot = /(?:^|\s)edgekit\.slot=([ab])(?:\s|$)/.exec(options)?.[1] as Slot | undefined;
-  if (!slot) return { booted: false, entry: chosen.file, reason: 'entry has no edgekit.slot=' };
-  const reader2 = await FatReader.open(disk.path, layout.boot.start);
+  const kernelPath = (fields.get('linux') ?? '').replace(/^\//, '');
+  const initrdPath = fields.get('initrd')?.replace(/^\//, '');
+  const files = await FatReader.open(disk.path, layout.boot.start);
+  let kernel: Buffer | undefined;
+  let initrdMissing: string | undefined;
   try {
-    const kernelPath = (fields.get('linux') ?? '').replace(/^\//, '');
-    const kernel = await reader2.readFile(kernelPath).catch(() => undefined);
-    if (!kernel) return { booted: false, entry: chosen.file, reason: `kernel ${kernelPath} is missing` };
-    const sha = createHash('sha256').update(kernel).digest('hex');
-    if (!opts.workingKernels.has(sha)) return { booted: false, entry: chosen.file, reason: `kernel ${kernelPath} crashed (unknown image ${sha.slice(0, 12)})` };
-    const initrdPath = fields.get('initrd')?.replace(/^\//, '');
-    if (initrdPath && !(await reader2.readFile(initrdPath).catch(() => undefined))) return { booted: false, entry: chosen.file, reason: `initrd ${initrdPath} is missing` };
+    kernel = await files.readFile(kernelPath).catch(() => undefined);
+    if (initrdPath && !(await files.readFile(initrdPath).catch(() => undefined))) initrdMissing = initrdPath;
   } finally {
-    await reader2.close();
+    await files.close();
   }
-  const verity = /(?:^|\s)edgekit\.verity=([0-9a-f]+):([0-9a-f]*):(\d+):(\d+)(?:\s|$)/.exec(options);
-  if (!verity) return { booted: false, entry: chosen.file, reason: 'entry has no edgekit.verity=' };
-  const region = layout.slots[slot];
-  const check = await verifyVerityOnDevice(partitionDevice(disk, region.start, region.size), {
-    rootHash: verity[1],
-    salt: verity[2],
-    dataBlocks: Number(verity[3]),
-    hashOffset: Number(verity[4]) * 4096,
-  });
-  if (!check.ok) return { booted: false, entry: chosen.file, reason: `dm-verity: ${check.problem}` };
-  return { booted: true, slot, entry: chosen.file, cmdline: options };
+  return startSlotKernel(disk, layout, { entry: chosen.file, kernelName: kernelPath, kernel, initrdMissing, cmdline: fields.get('options') ?? '' }, opts);
 }

@@ -35,11 +35,16 @@ export interface SlotState {
   generation?: number;
 }
 
+export type BootchooserKind = 'systemd-boot' | 'uboot' | 'tryboot';
+
 export interface Bootchooser {
-  readonly kind: 'systemd-boot' | 'uboot' | 'tryboot';
+  readonly kind: BootchooserKind;
   /** The slot running now, from the kernel command line's edgekit.slot=. */
   activeSlot(): Promise<Slot>;
-  /** The slot the next boot starts, as the boot chain will decide it; null if none. */
+  /**
+   * The slot the next boot starts, as the boot chain will decide it; null if none. For tryboot:
+   * the next reboot the agent makes (a power cut starts the committed slot).
+   */
   primarySlot(): Promise<Slot | null>;
   /** Makes `slot` unbootable before its partition is overwritten. Never the active slot. */
   invalidate(slot: Slot): Promise<void>;
@@ -48,22 +53,37 @@ export interface Bootchooser {
   /** Blesses the running slot after a healthy boot: it stays the slot that boots. */
   markGood(slot: Slot): Promise<void>;
   state(): Promise<SlotState[]>;
-  /** What `reboot` needs after tryOnce (tryboot: "0 tryboot"); undefined for a plain reboot. */
-  rebootArgument(): string | undefined;
+  /**
+   * Called right before a reboot the agent asks for. Returns what `reboot` must pass to the kernel
+   * ("0 tryboot"), or undefined for a plain reboot. tryboot spends one of the trial's tries here:
+   * the Pi firmware's flag is one-shot and cannot count, so the slot arming it counts. The other
+   * boot chains count by themselves and change nothing.
+   */
+  prepareReboot(): Promise<string | undefined>;
 }
 
-/** The running slot from a kernel command line. */
+/** The running slot from a kernel command line (U-Boot's A/B script writes it in capitals). */
 export function slotFromCmdline(cmdline: string, where = 'kernel command line'): Slot {
   const m = /(?:^|\s)edgekit\.slot=(\S*)/.exec(cmdline);
   if (!m) throw new EdgekitError(`${where}: no edgekit.slot= (not booted by an edgekit boot chain?)`);
-  if (m[1] !== 'a' && m[1] !== 'b') throw new EdgekitError(`${where}: edgekit.slot=${m[1]} is neither a nor b`);
-  return m[1];
+  const slot = m[1].toLowerCase();
+  if (slot !== 'a' && slot !== 'b') throw new EdgekitError(`${where}: edgekit.slot=${m[1]} is neither a nor b`);
+  return slot;
 }
 
 /** The command line with edgekit.slot= set to `slot` (replaced, or appended when missing). */
 export function cmdlineForSlot(cmdline: string, slot: Slot): string {
-  const words = cmdline.trim().split(/\s+/).filter((w) => w && !w.startsWith('edgekit.slot='));
-  return [...words, `edgekit.slot=${slot}`].join(' ');
+  return [cmdlineWithoutSlot(cmdline), `edgekit.slot=${slot}`].filter(Boolean).join(' ');
+}
+
+/** The command line without edgekit.slot= (for boot chains that append it themselves). */
+export function cmdlineWithoutSlot(cmdline: string): string {
+  return cmdline.trim().split(/\s+/).filter((w) => w && !w.startsWith('edgekit.slot=')).join(' ');
+}
+
+/** Refuses to change the running slot's boot state in ways only a slot that is not running may see. */
+export async function refuseActive(kind: BootchooserKind, activeSlot: () => Promise<Slot>, slot: Slot, what: string): Promise<void> {
+  if ((await activeSlot()) === slot) throw new EdgekitError(`${kind} bootchooser: cannot ${what} slot ${slot}: it is the running slot`);
 }
 
 /** Where the running kernel's command line comes from: /proc/cmdline on a device, injected in tests. */

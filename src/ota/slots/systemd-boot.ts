@@ -10,7 +10,7 @@
 import { entryConf, entryFileName } from '../../boot/systemd-boot.js';
 import type { FatVolume } from '../../fs/fat-edit.js';
 import { EdgekitError } from '../../util/errors.js';
-import { checkTries, cmdlineForSlot, otherSlot, procCmdline, slotFromCmdline, type Bootchooser, type CmdlineSource, type Slot, type SlotBootFiles, type SlotState } from './bootchooser.js';
+import { checkTries, cmdlineForSlot, otherSlot, procCmdline, refuseActive, slotFromCmdline, type Bootchooser, type CmdlineSource, type Slot, type SlotBootFiles, type SlotState } from './bootchooser.js';
 
 const ENTRIES = 'loader/entries';
 const ENTRY_NAME = /^edgekit-(\d+)-([ab])(?:\+(\d+)(?:-(\d+))?)?\.conf$/;
@@ -51,11 +51,8 @@ export function systemdBootChooser(esp: FatVolume, opts: SystemdBootChooserOptio
       .filter((e) => !e.isDir)
       .map((e) => parseEntryName(e.name))
       .filter((e): e is LoaderEntryName => e !== undefined);
-  const refuseActive = async (slot: Slot, what: string) => {
-    if ((await activeSlot()) === slot) throw new EdgekitError(`systemd-boot bootchooser: cannot ${what} slot ${slot}: it is the running slot`);
-  };
   const invalidate = async (slot: Slot) => {
-    await refuseActive(slot, 'invalidate');
+    await refuseActive('systemd-boot', activeSlot, slot, 'invalidate');
     for (const e of await entries()) if (e.slot === slot) await esp.remove(`${ENTRIES}/${e.file}`);
   };
 
@@ -111,6 +108,6 @@ export function systemdBootChooser(esp: FatVolume, opts: SystemdBootChooserOptio
         };
       });
     },
-    rebootArgument: () => undefined,
+    prepareReboot: async () => undefined,
   };
 }
