@@ -7,11 +7,13 @@
  */
 import { appendFile, stat } from 'node:fs/promises';
 import type { Command } from 'commander';
-// console.js (serialport) and rpiboot (usb) load in about half a second: only when asked for.
+// console.js (serialport) and rpiboot (usb) load in about half a second, the settings and the FAT
+// editor (device-config.js) in tens of ms: each only when asked for.
 import type { BootResult } from '../flash/console.js';
-import { assignRows, expandSettings, parseSetFlags, readSerialsCsv, type SerialsRow } from '../flash/device-config.js';
+import type { SerialsRow, SettingTemplates } from '../flash/device-config.js';
 import { checkTarget, defaultPlatform, watchForNewDrives, type Drive, type DrivePlatform, type TargetInfo } from '../flash/drives.js';
 import { flashImage, type FlashImageInfo, type FlashResult } from '../flash/flash.js';
+import { HashPool } from '../flash/hash-pool.js';
 import { jsonLines, silent, terminalBars, type TargetProgress } from '../flash/progress-lines.js';
 import { openSource, type ImageSource } from '../flash/source.js';
 import { loadPublicKey } from '../sign/keys.js';
@@ -81,57 +83,66 @@ async function runFlash(image: string, o: FlashFlags): Promise<void> {
   if (!(timeoutS > 0)) throw new EdgekitError(`--timeout ${o.timeout}: not a number of seconds above 0`);
   const firstRow = Number(o.firstRow);
   if (!Number.isInteger(firstRow) || firstRow < 1) throw new EdgekitError(`--first-row ${o.firstRow}: not a row number (1 or more)`);
+  if (!o.pubkey && !o.insecure) throw new EdgekitError('flash: give --pubkey <file> to check the image signature (or --insecure to skip the check)');
+  if (o.serials && !o.set.length) throw new EdgekitError('flash --serials: give the settings to fill with --set key=value ({column} from the file)');
 
-  let publicKey: KeyObject | undefined;
-  if (o.pubkey) publicKey = await loadPublicKey(o.pubkey);
-  else if (!o.insecure) throw new EdgekitError('flash: give --pubkey <file> to check the image signature (or --insecure to skip the check)');
-  if (!publicKey) {
-    process.stderr.write('edgekit: WARNING: --insecure: the image signature is NOT checked; anything could be written to these devices\n');
-  }
-  const templates = parseSetFlags(o.set);
-  const rows = o.serials ? readSerialsCsv(o.serials) : undefined;
-  if (rows && !o.set.length) throw new EdgekitError('flash --serials: give the settings to fill with --set key=value ({column} from the file)');
-  const source = await openSource(image, { bmap: o.bmap });
-  const job: FlashJob = { source, publicKey, o, templates, rows, nextRow: firstRow - 1 };
+  // The hashing workers take tens of ms to start: started now, they are up by the time the key,
+  // the block map and the image's manifest are read.
+  const hashes = new HashPool();
+  try {
+    let publicKey: KeyObject | undefined;
+    if (o.pubkey) publicKey = await loadPublicKey(o.pubkey);
+    if (!publicKey) {
+      process.stderr.write('edgekit: WARNING: --insecure: the image signature is NOT checked; anything could be written to these devices\n');
+    }
+    const settingsLib = o.set.length ? await import('../flash/device-config.js') : undefined;
+    const templates = settingsLib?.parseSetFlags(o.set) ?? {};
+    const rows = settingsLib && o.serials ? settingsLib.readSerialsCsv(o.serials) : undefined;
+    const source = await openSource(image, { bmap: o.bmap });
+    const job: FlashJob = { source, publicKey, o, templates, rows, nextRow: firstRow - 1, hashes };
 
-  let results: FlashResult[];
-  if (o.auto) results = await trayMode(job);
-  else if (o.rpiboot) results = await flashAfterRpiboot(job, timeoutS);
-  else results = await flashTargets(job, o.to);
+    let results: FlashResult[];
+    if (o.auto) results = await trayMode(job);
+    else if (o.rpiboot) results = await flashAfterRpiboot(job, timeoutS);
+    else results = await flashTargets(job, o.to);
 
-  let boots: BootResult[] = [];
-  if (watches.length && expect) {
-    const pairs = watches.filter((w) => results.some((r) => r.ok && sameTarget(r.target, w.target)));
-    if (pairs.length) {
-      if (!o.json) process.stderr.write(`watching ${pairs.length} first boot(s) for /${expect.source}/ (up to ${timeoutS} s): move each card to its board and power it on\n`);
-      const { watchBoots } = await import('../flash/console.js');
-      boots = await watchBoots(pairs, expect, timeoutS * 1000);
-      for (const b of boots) {
-        if (o.json) process.stdout.write(JSON.stringify({ type: 'boot', ...b }) + '\n');
-        else console.log(b.ok ? `boot ok   ${b.target} on ${b.port}: ${JSON.stringify(b.matched)}` : `boot FAIL ${b.target} on ${b.port}: ${b.error}`);
+    let boots: BootResult[] = [];
+    if (watches.length && expect) {
+      const pairs = watches.filter((w) => results.some((r) => r.ok && sameTarget(r.target, w.target)));
+      if (pairs.length) {
+        if (!o.json) process.stderr.write(`watching ${pairs.length} first boot(s) for /${expect.source}/ (up to ${timeoutS} s): move each card to its board and power it on\n`);
+        const { watchBoots } = await import('../flash/console.js');
+        boots = await watchBoots(pairs, expect, timeoutS * 1000);
+        for (const b of boots) {
+          if (o.json) process.stdout.write(JSON.stringify({ type: 'boot', ...b }) + '\n');
+          else console.log(b.ok ? `boot ok   ${b.target} on ${b.port}: ${JSON.stringify(b.matched)}` : `boot FAIL ${b.target} on ${b.port}: ${b.error}`);
+        }
       }
     }
+    const failed = results.filter((r) => !r.ok).length;
+    const bootFailed = boots.filter((b) => !b.ok).length;
+    if (failed || bootFailed) {
+      const parts = [];
+      if (failed) parts.push(`${failed} of ${results.length} target(s) failed`);
+      if (bootFailed) parts.push(`${bootFailed} of ${boots.length} first boot(s) failed`);
+      throw new EdgekitError(`flash: ${parts.join('; ')}`);
+    }
+    if (results.length === 0 && !o.auto) throw new EdgekitError('flash: nothing was flashed');
+  } finally {
+    await hashes.close();
   }
-  const failed = results.filter((r) => !r.ok).length;
-  const bootFailed = boots.filter((b) => !b.ok).length;
-  if (failed || bootFailed) {
-    const parts = [];
-    if (failed) parts.push(`${failed} of ${results.length} target(s) failed`);
-    if (bootFailed) parts.push(`${bootFailed} of ${boots.length} first boot(s) failed`);
-    throw new EdgekitError(`flash: ${parts.join('; ')}`);
-  }
-  if (results.length === 0 && !o.auto) throw new EdgekitError('flash: nothing was flashed');
 }
 
 interface FlashJob {
   source: ImageSource;
   publicKey?: KeyObject;
   o: FlashFlags;
-  templates: Record<string, string>;
+  templates: SettingTemplates;
   rows?: SerialsRow[];
   /** The next --serials row for rows matched by order (tray mode moves on per card). */
   nextRow: number;
   platform?: DrivePlatform;
+  hashes: HashPool;
 }
 
 /** Checks every target, flashes them all from one read of the image, reports, logs, ejects. */
@@ -150,6 +161,7 @@ async function flashTargets(job: FlashJob, targets: string[]): Promise<FlashResu
       publicKey: job.publicKey,
       insecure: !job.publicKey,
       verify: o.verify,
+      hashes: job.hashes,
       progress: (t, ev) => progress.update(t, ev),
       settings: (t) => settingsOf.get(t),
       beforeWrite: async (info) => {
@@ -160,6 +172,7 @@ async function flashTargets(job: FlashJob, targets: string[]): Promise<FlashResu
           infos.set(t, await checkTarget(t, { imageSize: info.imageSize, force: o.force, platform: isDevice ? platform() : undefined }));
         }
         if (o.set.length) {
+          const { assignRows, expandSettings } = await import('../flash/device-config.js');
           const list = targets.map((t) => ({ path: t, byPath: infos.get(t)?.drive?.byPath }));
           const rows = job.rows ? assignRows(job.rows, list, { first: job.nextRow }) : targets.map((): SerialsRow => ({}));
           targets.forEach((t, i) => settingsOf.set(t, expandSettings(job.templates, rows[i])));

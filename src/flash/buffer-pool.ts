@@ -8,8 +8,8 @@ export class BufferPool {
   private free: Buffer[];
   private waiters: Array<(b: Buffer) => void> = [];
 
-  constructor(count: number, readonly size: number) {
-    this.free = alignedBuffers(count, size);
+  constructor(count: number, readonly size: number, opts: { shared?: boolean } = {}) {
+    this.free = alignedBuffers(count, size, opts);
   }
 
   take(): Promise<Buffer> {

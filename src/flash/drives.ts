@@ -122,8 +122,11 @@ export async function checkTarget(
   // A regular file is never a drive; anything else is matched against the drives the platform lists
   // (a fake platform's device paths need not be block devices, a real one's always are).
   if (info?.isFile()) return checkFileTarget(path, true);
-  const platform = opts.platform ?? defaultPlatform();
   const real = await realOrSelf(path);
+  // Every drive the machine lists exists, so a missing path is none of them: the listing (lsblk,
+  // some ms) is skipped unless the caller gave its own platform, whose drives need not exist.
+  if (!info && !opts.platform) return missingTarget(path, real);
+  const platform = opts.platform ?? defaultPlatform();
   const drives = await platform.list();
   const pathsOf = async (paths: string[]) => Promise.all(paths.map(realOrSelf));
   for (const d of drives) {
@@ -134,15 +137,18 @@ export async function checkTarget(
       throw new EdgekitError(`${path}: is a partition (${d.partitions[i]}); flash the whole disk instead: --to ${d.path}`);
     }
   }
-  if (!info) {
-    // Writing to a mistyped /dev/sdX would create a RAM-backed file and "succeed": refuse instead.
-    if (real.startsWith('/dev/')) throw new EdgekitError(`${path}: no such device (is it plugged in? see 'edgekit devices')`);
-    return checkFileTarget(path, false);
-  }
+  if (!info) return missingTarget(path, real);
   if (info.isBlockDevice()) {
     throw new EdgekitError(`${path}: not a drive edgekit can flash (a virtual, RAID, optical or empty device); see 'edgekit devices --all'`);
   }
   throw new EdgekitError(`${path}: not a regular file or a drive`);
+}
+
+/** A target that does not exist yet: a new file, unless it names a device that is not there. */
+async function missingTarget(path: string, real: string): Promise<TargetInfo> {
+  // Writing to a mistyped /dev/sdX would create a RAM-backed file and "succeed": refuse instead.
+  if (real.startsWith('/dev/')) throw new EdgekitError(`${path}: no such device (is it plugged in? see 'edgekit devices')`);
+  return checkFileTarget(path, false);
 }
 
 async function checkFileTarget(path: string, exists: boolean): Promise<TargetInfo> {

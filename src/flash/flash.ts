@@ -4,9 +4,12 @@
  *  1. The first MiB of the (decompressed) image is read: it holds the signed manifest, which is
  *     checked against the operator's key before anything is written.
  *  2. Only the blocks the .bmap maps are written (without one, the non-zero 4 KiB blocks), in
- *     large aligned pieces at their offsets, to every target at once; reading and decompressing
- *     the next piece overlaps the writes of the previous ones. Each bmap range's sha256 and each
- *     signed region's sha256 is checked as the bytes go past.
+ *     large aligned pieces at their offsets, to every target at once. A small ring of shared
+ *     buffers keeps three things going at once: reading (or decompressing) the next piece, writing
+ *     the pieces read (several writes in flight), and hashing them on worker threads
+ *     (src/flash/hash-pool.ts) against each bmap range's sha256 and each signed region's sha256.
+ *     A piece is written as soon as it is read, before its hash is known: a mismatch fails the
+ *     flash, and nothing is a success until every verdict is in.
  *  3. Every written range is read back from each target bypassing the page cache and compared.
  *  4. Per-device settings go into the config partition (src/flash/device-config.ts).
  * A target that fails (I/O error, read-back mismatch) fails alone; a source that fails (corrupt,
@@ -29,8 +32,8 @@ import { EdgekitError } from '../util/errors.js';
 import type { ProgressEvent } from '../util/progress.js';
 import { alignedBuffers } from './aligned.js';
 import { BufferPool } from './buffer-pool.js';
-import { writeDeviceConfig } from './device-config.js';
 import { RangeCheck, RegionCheck } from './hash-check.js';
+import { HashPool } from './hash-pool.js';
 import { readBack, type CheckedRange } from './readback.js';
 import type { ImageSource } from './source.js';
 import { FlashTarget } from './target.js';
@@ -50,6 +53,11 @@ export interface FlashOptions {
   beforeWrite?: (image: FlashImageInfo) => Promise<void>;
   /** How settings are written; writeDeviceConfig unless a caller replaces it. */
   writeConfig?: (target: string, settings: Record<string, string>) => Promise<void>;
+  /**
+   * The hashing workers, when the caller started them earlier (they take tens of ms to start);
+   * the caller closes them. Without it flashImage starts and closes its own.
+   */
+  hashes?: HashPool;
 }
 
 export interface FlashImageInfo {
@@ -82,6 +90,11 @@ export interface FlashResult {
 const HEAD_SIZE = EMBEDDED_MANIFEST_OFFSET + EMBEDDED_MANIFEST_LIMIT;
 /** One write: large enough that a USB card sees long sequential writes. */
 const PIECE = 8 << 20;
+/**
+ * Buffers in the ring for one target (two more per extra target): one being read, the others
+ * written and hashed. Enough to keep writing while the hashing workers start (tens of ms).
+ */
+const RING = 8;
 /** Mapped ranges closer than this are written as one (the zeros between cost less than a seek). */
 const MERGE_GAP = 256 << 10;
 const BLOCK = 4096;
@@ -91,9 +104,12 @@ export async function flashImage(opts: FlashOptions): Promise<FlashResult[]> {
   const src = opts.source;
   if (opts.targets.length === 0) throw new EdgekitError('no target to flash: give at least one --to');
   await refuseSameFiles(opts.targets, src);
-  const input = await ImageInput.open(src);
+  // Started first: the workers boot while the manifest is read and checked.
+  const hashes = opts.hashes ?? new HashPool();
+  let input: ImageInput | undefined;
   let targets: FlashTarget[] = [];
   try {
+    input = await ImageInput.open(src);
     // 1. The manifest, before a byte is written.
     const head = await input.head(HEAD_SIZE);
     const doc = await manifestFrom(head, src.name);
@@ -128,22 +144,27 @@ export async function flashImage(opts: FlashOptions): Promise<FlashResult[]> {
     });
     const seconds = new Map<string, number>();
     const elapsed = () => Math.round(performance.now() - started) / 1000;
-    const regionCheck = new RegionCheck([...manifest.regions, ...manifest.payloads], src.name);
+    const regionCheck = new RegionCheck([...manifest.regions, ...manifest.payloads], src.name, hashes);
     const writer = new Fanout(targets, (t) => opts.progress?.(t.path, { phase: 'write', done: t.bytesWritten, total: writer.total }));
     let sourceError: string | undefined;
     let written: { ranges: CheckedRange[]; sha256: string } = { ranges: [], sha256: '' };
     try {
       written = ranges
-        ? await writeMapped(input, ranges, writer, regionCheck, src.name)
+        ? await writeMapped(input, ranges, writer, regionCheck, hashes, src.name)
         : await writeNonZero(input, imageSize, writer, regionCheck);
-      regionCheck.finish(imageSize);
+      // With every target failed the writing stopped early: each target holds its own error, and
+      // the unread rest of the image must not be reported as a mismatch.
+      if (writer.live) await regionCheck.finish(imageSize);
     } catch (err) {
       sourceError = describeSourceError(err, src);
     }
     await writer.drain();
     // A used card holds old data where the image has unmapped zeros; inside signed regions those
     // zeros are part of what the signature covers, so devices get them written (files are holes).
-    const zeros = sourceError ? [] : zeroRangesInRegions([...manifest.regions, ...manifest.payloads], written.ranges, imageSize);
+    const zeros =
+      sourceError || !targets.some((t) => t.kind === 'device')
+        ? []
+        : await zeroRangesInRegions([...manifest.regions, ...manifest.payloads], written.ranges, imageSize, hashes);
     await Promise.all(
       targets
         .filter((t) => t.kind === 'device')
@@ -162,7 +183,7 @@ export async function flashImage(opts: FlashOptions): Promise<FlashResult[]> {
         if (verify) {
           const check = t.kind === 'device' ? [...written.ranges, ...zeros].sort((a, b) => a.start - b.start) : written.ranges;
           const total = check.reduce((n, r) => n + r.end - r.start, 0);
-          const rb = await readBack(t.path, check, (done) => opts.progress?.(t.path, { phase: 'verify', done, total }));
+          const rb = await readBack(t.path, check, { hashes, onBytes: (done) => opts.progress?.(t.path, { phase: 'verify', done, total }) });
           readBackOf.set(t.path, rb.direct ? 'direct' : 'page-cache');
           if (!rb.direct) t.notes.push(`${t.path}: O_DIRECT refused for reading: read back through the page cache`);
           if (!rb.ok) {
@@ -176,7 +197,9 @@ export async function flashImage(opts: FlashOptions): Promise<FlashResult[]> {
         if (settings && Object.keys(settings).length) {
           opts.progress?.(t.path, { phase: 'config' });
           try {
-            await (opts.writeConfig ?? writeDeviceConfig)(t.path, settings);
+            // The FAT editor loads only when there are settings to write.
+            const write = opts.writeConfig ?? (await import('./device-config.js')).writeDeviceConfig;
+            await write(t.path, settings);
           } catch (err) {
             t.failure = err instanceof EdgekitError ? err.message : `${t.path}: writing the device settings failed: ${(err as Error).message}`;
           }
@@ -205,8 +228,9 @@ export async function flashImage(opts: FlashOptions): Promise<FlashResult[]> {
       };
     });
   } finally {
-    input.close();
+    input?.close();
     await Promise.all(targets.map((t) => t.close()));
+    if (!opts.hashes) await hashes.close();
   }
 }
 
@@ -229,11 +253,12 @@ async function refuseSameFiles(targets: string[], src: ImageSource): Promise<voi
 // ---- zeros inside signed regions -----------------------------------------------------------
 
 /** The 4 KiB blocks inside signed regions that no written range covers, with their (zero) sha256. */
-export function zeroRangesInRegions(
+export async function zeroRangesInRegions(
   regions: Array<{ offset: number; size: number }>,
   written: Array<{ start: number; end: number }>,
   imageSize: number,
-): CheckedRange[] {
+  hashes: HashPool,
+): Promise<CheckedRange[]> {
   const gaps: Array<{ start: number; end: number }> = [];
   const sorted = [...written].sort((a, b) => a.start - b.start);
   for (const r of regions) {
@@ -257,14 +282,13 @@ export function zeroRangesInRegions(
     if (last && b.start <= last.end) last.end = Math.max(last.end, b.end);
     else merged.push({ ...b });
   }
-  return merged.map((m) => ({ ...m, sha256: zeroSha256(m.end - m.start) }));
-}
-
-const ZERO_PIECE = Buffer.alloc(1 << 20);
-function zeroSha256(length: number): string {
-  const h = createHash('sha256');
-  for (let n = length; n > 0; n -= ZERO_PIECE.length) h.update(ZERO_PIECE.subarray(0, Math.min(n, ZERO_PIECE.length)));
-  return h.digest('hex');
+  return Promise.all(
+    merged.map(async (m) => {
+      const chain = hashes.chain();
+      const [, sha256] = await Promise.all([chain.zeros(m.end - m.start), chain.digest()]);
+      return { ...m, sha256 };
+    }),
+  );
 }
 
 async function writeZeros(t: FlashTarget, ranges: CheckedRange[], progress: (done: number, total: number) => void): Promise<void> {
@@ -382,7 +406,10 @@ class ImageInput {
 
 // ---- writing to every target ---------------------------------------------------------------
 
-/** Hands each filled buffer to every live target; the buffer returns to the pool when all wrote it. */
+/**
+ * Hands each filled buffer to every live target; the buffer returns to the ring when every target
+ * wrote it and the workers hashed it. The buffers are shared memory the workers hash in place.
+ */
 class Fanout {
   readonly pool: BufferPool;
   total: number | undefined = 0;
@@ -392,21 +419,25 @@ class Fanout {
     private targets: FlashTarget[],
     private onWritten: (t: FlashTarget) => void,
   ) {
-    this.pool = new BufferPool(Math.max(4, 2 + 2 * targets.length), PIECE);
+    this.pool = new BufferPool(RING + 2 * Math.max(0, targets.length - 1), PIECE, { shared: true });
   }
 
   get live(): boolean {
     return this.targets.some((t) => t.ok);
   }
 
-  /** Queues pieces of `buf` (a pool buffer) for their positions; throws once every target failed. */
-  write(buf: Buffer, pieces: Array<{ offset: number; len: number; position: number }>): void {
+  /**
+   * Queues pieces of `buf` (a pool buffer) for their positions; throws once every target failed.
+   * `hashed` settles when the workers are done with the buffer (a failed hash is reported by the
+   * checks' verdicts, not here).
+   */
+  write(buf: Buffer, pieces: Array<{ offset: number; len: number; position: number }>, hashed: Promise<unknown>): void {
     if (!this.live) throw new AllTargetsFailed();
     const writeAll = async (t: FlashTarget) => {
       for (const p of pieces) await t.write(buf, p.offset, p.len, p.position);
       this.onWritten(t);
     };
-    const job: Promise<void> = Promise.all(this.targets.filter((t) => t.ok).map(writeAll)).then(() => {
+    const job: Promise<void> = Promise.allSettled([hashed, ...this.targets.filter((t) => t.ok).map(writeAll)]).then(() => {
       this.pool.give(buf);
       this.inflight.delete(job);
     });
@@ -438,46 +469,65 @@ async function writeMapped(
   ranges: CheckedRange[],
   out: Fanout,
   regions: RegionCheck,
+  hashes: HashPool,
   where: string,
 ): Promise<{ ranges: CheckedRange[]; sha256: string }> {
   // Bytes inside a signed region are checked once, against the signed hash (the stronger check);
   // the block map's own hashes are checked for the rest (config partition, manifest area), as
   // bmaptool would. One sha256 pass over the data instead of two.
-  const check = new RangeCheck(ranges.filter((r) => !regions.covers(r.start, r.end)), where);
+  const check = new RangeCheck(ranges.filter((r) => !regions.covers(r.start, r.end)), where, hashes);
   const extents = extentsOf(ranges);
   out.total = extents.reduce((n, e) => n + e.end - e.start, 0);
-  // Each filled piece is checked (range hashes, signed regions, the overall hash) and then queued.
-  const consume = (abs: number, data: Buffer) => {
-    check.consume(abs, data);
-    regions.consume(abs, data);
+  // Each filled piece goes to the hashing workers (range hashes, signed regions) and, at the same
+  // time, to the targets. A mismatch already known stops the reading.
+  const send = (buf: Buffer, abs: number, len: number) => {
+    const failure = check.failure ?? regions.failure;
+    if (failure || !out.live) {
+      out.pool.give(buf);
+      throw failure ?? new AllTargetsFailed();
+    }
+    const data = buf.subarray(0, len);
+    const pending: Array<Promise<void>> = [];
+    check.consume(abs, data, pending);
+    regions.consume(abs, data, pending);
+    out.write(buf, [{ offset: 0, len, position: abs }], Promise.all(pending));
   };
   try {
     if (input.file) {
       const file = input.file;
-      // Read one piece ahead: the next read runs on the I/O threads while this piece is hashed.
+      // Read one piece ahead: the next read runs on the I/O threads while this one is handed on.
       const pieces: Array<{ pos: number; len: number; end: number }> = [];
       for (const e of extents) {
         for (let pos = e.start; pos < e.end; pos += PIECE) pieces.push({ pos, len: Math.min(PIECE, e.end - pos), end: e.end });
       }
       const readPiece = async (k: number) => {
         const buf = await out.pool.take();
-        const { bytesRead } = await file.read(buf, 0, pieces[k].len, pieces[k].pos);
-        return { buf, bytesRead };
+        try {
+          const { bytesRead } = await file.read(buf, 0, pieces[k].len, pieces[k].pos);
+          return { buf, bytesRead };
+        } catch (err) {
+          out.pool.give(buf);
+          throw err;
+        }
       };
       let next = pieces.length ? readPiece(0) : undefined;
-      for (let k = 0; k < pieces.length; k++) {
-        const { buf, bytesRead } = await next!;
-        next = k + 1 < pieces.length ? readPiece(k + 1) : undefined;
-        const { pos, len, end } = pieces[k];
-        if (bytesRead < len) {
-          out.pool.give(buf);
-          if (next) out.pool.give((await next).buf);
-          throw new EdgekitError(`${where}: the image ends at byte ${pos + bytesRead}, but its block map has data up to byte ${end}: the image is truncated`);
+      try {
+        for (let k = 0; k < pieces.length; k++) {
+          const { buf, bytesRead } = await next!;
+          next = k + 1 < pieces.length ? readPiece(k + 1) : undefined;
+          const { pos, len, end } = pieces[k];
+          if (bytesRead < len) {
+            out.pool.give(buf);
+            throw new EdgekitError(`${where}: the image ends at byte ${pos + bytesRead}, but its block map has data up to byte ${end}: the image is truncated`);
+          }
+          send(buf, pos, len);
         }
-        consume(pos, buf.subarray(0, bytesRead));
-        out.write(buf, [{ offset: 0, len, position: pos }]);
+      } finally {
+        // A read still running when this stops must end before the file is closed under it.
+        if (next) await next.then((r) => out.pool.give(r.buf), () => {});
       }
       check.finish(extents.length ? extents[extents.length - 1].end : 0);
+      await check.settled();
       return { ranges, sha256: digestOfRanges(ranges) };
     }
     let ei = 0;
@@ -499,10 +549,9 @@ async function writeMapped(
         p += n;
         const extentDone = abs + n === e.end;
         if (extentDone || cur.fill === cur.buf.length) {
-          const piece = cur.buf.subarray(0, cur.fill);
-          consume(cur.start, piece);
-          out.write(cur.buf, [{ offset: 0, len: cur.fill, position: cur.start }]);
+          const { buf, start, fill } = cur;
           cur = undefined;
+          send(buf, start, fill);
         }
         if (extentDone) ei++;
       }
@@ -514,6 +563,7 @@ async function writeMapped(
       check.finish(pos);
     }
     check.finish(pos);
+    await check.settled();
     return { ranges, sha256: digestOfRanges(ranges) };
   } catch (err) {
     if (err instanceof AllTargetsFailed) return { ranges, sha256: digestOfRanges(ranges) };
@@ -540,6 +590,8 @@ async function writeNonZero(
   regions: RegionCheck,
 ): Promise<{ ranges: CheckedRange[]; sha256: string }> {
   const ranges: CheckedRange[] = [];
+  // The runs' own hashes (what the read-back compares with) stay on this thread: a run can be one
+  // 4 KiB block, for which a message to a worker costs more than the hash.
   let open: { start: number; end: number; hash: Hash } | undefined;
   const close = () => {
     if (open) ranges.push({ start: open.start, end: open.end, sha256: open.hash.digest('hex') });
@@ -549,11 +601,13 @@ async function writeNonZero(
   const zero = Buffer.alloc(BLOCK);
   // One buffer-full of image at a time; its non-zero runs are written from it in place.
   const flush = (buf: Buffer, start: number, fill: number): boolean => {
+    if (regions.failure) throw regions.failure;
     let queued = false;
     let run = -1;
+    const pending: Array<Promise<void>> = [];
     const emit = (from: number, to: number) => {
       const data = buf.subarray(from, to);
-      regions.consume(start + from, data);
+      regions.consume(start + from, data, pending);
       if (!open || open.end !== start + from) {
         close();
         open = { start: start + from, end: start + from, hash: createHash('sha256') };
@@ -576,7 +630,11 @@ async function writeNonZero(
     if (pieces.length) {
       queued = true;
       // Every run is written from `buf` in place; the buffer returns to the pool after the last.
-      out.write(buf, pieces.map((p) => ({ offset: p.from, len: p.to - p.from, position: start + p.from })));
+      out.write(
+        buf,
+        pieces.map((p) => ({ offset: p.from, len: p.to - p.from, position: start + p.from })),
+        Promise.all(pending),
+      );
     }
     return queued;
   };

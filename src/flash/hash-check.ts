@@ -5,20 +5,62 @@
  *  - RegionCheck: every signed region of the manifest (partition tables, payloads) against the
  *    signed sha256, counting unwritten bytes as the zeros a fresh target holds there; this is what
  *    makes the signature cover the data and not only the manifest.
+ * The hashing runs on worker threads (src/flash/hash-pool.ts): `consume` queues the bytes and adds
+ * to `pending` what must settle before the buffer is reused; a verdict arrives a little later.
+ * `failure` is the first mismatch seen so far (the writer stops early on it); `settled()` waits
+ * for every verdict and throws the first mismatch in image order. Nothing counts as checked
+ * before `settled()` returned.
  */
-import { createHash, type Hash } from 'node:crypto';
 import { EdgekitError } from '../util/errors.js';
+import type { HashChain, HashPool } from './hash-pool.js';
 import type { CheckedRange } from './readback.js';
+
+/** Digest comparisons that finish on the workers; the first mismatch in image order wins. */
+class Verdicts {
+  failure?: Error;
+  private all: Array<Promise<Error | undefined>> = [];
+
+  add(digest: Promise<string>, expected: string, mismatch: () => EdgekitError): void {
+    const verdict = digest.then(
+      (got) => (got === expected ? undefined : mismatch()),
+      (err: Error) => err,
+    );
+    this.all.push(
+      verdict.then((e) => {
+        if (e) this.failure ??= e;
+        return e;
+      }),
+    );
+  }
+
+  fail(err: EdgekitError): void {
+    this.failure ??= err;
+    this.all.push(Promise.resolve(err));
+  }
+
+  async settled(): Promise<void> {
+    for (const e of await Promise.all(this.all)) if (e) throw e;
+  }
+}
 
 export class RangeCheck {
   private i = 0;
-  private hash: Hash = createHash('sha256');
+  private hash?: HashChain;
   private seen = 0;
+  private verdicts = new Verdicts();
 
-  constructor(private ranges: CheckedRange[], private where: string) {}
+  constructor(
+    private ranges: CheckedRange[],
+    private where: string,
+    private pool: HashPool,
+  ) {}
+
+  get failure(): Error | undefined {
+    return this.verdicts.failure;
+  }
 
   /** `data` holds image bytes [abs, abs + data.length); calls come in increasing order. */
-  consume(abs: number, data: Buffer): void {
+  consume(abs: number, data: Buffer, pending: Array<Promise<void>>): void {
     const end = abs + data.length;
     while (this.i < this.ranges.length) {
       const r = this.ranges[this.i];
@@ -26,18 +68,19 @@ export class RangeCheck {
       const from = Math.max(r.start, abs);
       const to = Math.min(r.end, end);
       if (to > from) {
-        this.hash.update(data.subarray(from - abs, to - abs));
+        this.hash ??= this.pool.chain();
+        pending.push(this.hash.update(data.subarray(from - abs, to - abs)));
         this.seen += to - from;
       }
       if (to < r.end) return;
-      const ok = this.seen === r.end - r.start && this.hash.digest('hex') === r.sha256;
-      if (!ok) {
-        throw new EdgekitError(
+      const mismatch = () =>
+        new EdgekitError(
           `${this.where}: data does not match the block map in blocks ${r.start / 4096}-${Math.ceil(r.end / 4096) - 1} (bytes ${r.start}-${r.end - 1}): the image is corrupt or the .bmap is another image's`,
         );
-      }
+      if (this.seen !== r.end - r.start || !this.hash) this.verdicts.fail(mismatch());
+      else this.verdicts.add(this.hash.digest(), r.sha256, mismatch);
       this.i++;
-      this.hash = createHash('sha256');
+      this.hash = undefined;
       this.seen = 0;
     }
   }
@@ -51,6 +94,10 @@ export class RangeCheck {
       );
     }
   }
+
+  settled(): Promise<void> {
+    return this.verdicts.settled();
+  }
 }
 
 export interface SignedRegion {
@@ -60,15 +107,18 @@ export interface SignedRegion {
   sha256: string;
 }
 
-const ZEROS = Buffer.alloc(1 << 20);
-
 export class RegionCheck {
   private regions: SignedRegion[];
   private i = 0;
   private pos: number; // image bytes before this are accounted for in the current region
-  private hash: Hash = createHash('sha256');
+  private hash?: HashChain;
+  private verdicts = new Verdicts();
 
-  constructor(regions: SignedRegion[], private where: string) {
+  constructor(
+    regions: SignedRegion[],
+    private where: string,
+    private pool: HashPool,
+  ) {
     this.regions = [...regions].sort((a, b) => a.offset - b.offset);
     for (let k = 1; k < this.regions.length; k++) {
       const p = this.regions[k - 1];
@@ -77,8 +127,12 @@ export class RegionCheck {
     this.pos = this.regions[0]?.offset ?? 0;
   }
 
-  consume(abs: number, data: Buffer): void {
-    this.advance(abs, data);
+  get failure(): Error | undefined {
+    return this.verdicts.failure;
+  }
+
+  consume(abs: number, data: Buffer, pending: Array<Promise<void>>): void {
+    this.advance(abs, data, pending);
   }
 
   /** Whether bytes [start, end) lie inside one signed region. */
@@ -86,42 +140,50 @@ export class RegionCheck {
     return this.regions.some((r) => r.offset <= start && end <= r.offset + r.size);
   }
 
-  /** Zero-fills the rest of every region up to `imageSize` and checks them all. */
-  finish(imageSize: number): void {
-    this.advance(imageSize, Buffer.alloc(0));
+  /** Zero-fills the rest of every region up to `imageSize` and waits for every region's verdict. */
+  async finish(imageSize: number): Promise<void> {
+    const pending: Array<Promise<void>> = [];
+    this.advance(imageSize, Buffer.alloc(0), pending);
+    await Promise.all(pending);
     if (this.i < this.regions.length) {
       const r = this.regions[this.i];
       throw new EdgekitError(`${this.where}: signed region ${r.name} ends at byte ${r.offset + r.size}, past the image's end (${imageSize})`);
     }
+    await this.verdicts.settled();
   }
 
-  private advance(abs: number, data: Buffer): void {
+  private advance(abs: number, data: Buffer, pending: Array<Promise<void>>): void {
     const end = abs + data.length;
     while (this.i < this.regions.length) {
       const r = this.regions[this.i];
       const rEnd = r.offset + r.size;
       if (this.pos < r.offset) this.pos = r.offset;
+      // A region's chain goes to a worker when its first bytes do: by then the previous region's
+      // bytes are queued, and the least busy worker is the other one.
+      const chain = () => (this.hash ??= this.pool.chain());
       // Bytes of the region before `abs` were not written: zeros.
       const gapEnd = Math.min(abs, rEnd);
-      for (; this.pos < gapEnd; ) {
-        const n = Math.min(ZEROS.length, gapEnd - this.pos);
-        this.hash.update(ZEROS.subarray(0, n));
-        this.pos += n;
+      if (this.pos < gapEnd) {
+        pending.push(chain().zeros(gapEnd - this.pos));
+        this.pos = gapEnd;
       }
       const from = Math.max(this.pos, abs);
       const to = Math.min(rEnd, end);
       if (to > from) {
-        this.hash.update(data.subarray(from - abs, to - abs));
+        pending.push(chain().update(data.subarray(from - abs, to - abs)));
         this.pos = to;
       }
       if (this.pos < rEnd) return;
-      if (this.hash.digest('hex') !== r.sha256) {
-        throw new EdgekitError(
-          `${this.where}: signed region ${r.name} (bytes ${r.offset}-${rEnd - 1}) does not match the signed manifest: the image was altered after signing`,
-        );
-      }
+      this.verdicts.add(
+        chain().digest(),
+        r.sha256,
+        () =>
+          new EdgekitError(
+            `${this.where}: signed region ${r.name} (bytes ${r.offset}-${rEnd - 1}) does not match the signed manifest: the image was altered after signing`,
+          ),
+      );
       this.i++;
-      this.hash = createHash('sha256');
+      this.hash = undefined;
     }
   }
 }

@@ -3,11 +3,17 @@
  * (O_DIRECT), and hashed. Reading through the cache would only show what Node handed the kernel,
  * not what the card stored. Where O_DIRECT is refused (tmpfs, whose page cache is the storage) the
  * read goes through the cache and the result says so.
+ *
+ * It starts only once every range was written and flushed, never overlapped with the writing: a
+ * fake-capacity card that wraps its addresses around stores a late range over an early one, and
+ * only a read of the early range after the late write shows it. Within the read-back, the next
+ * pieces are read while earlier ones are hashed on the worker threads (src/flash/hash-pool.ts).
  */
-import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
-import { alignedBuffers, alignUp } from './aligned.js';
+import { alignUp } from './aligned.js';
+import { BufferPool } from './buffer-pool.js';
+import type { HashPool } from './hash-pool.js';
 
 export interface CheckedRange {
   /** Byte offsets in the image, [start, end). */
@@ -24,11 +30,15 @@ export interface ReadBackResult {
 }
 
 const CHUNK = 8 << 20;
+/** Buffers per target: reads in flight plus pieces waiting for their hash. */
+const RING = 4;
+/** Reads queued at once: the device always has the next one when it finishes a read. */
+const READS_IN_FLIGHT = 2;
 
 export async function readBack(
   path: string,
   ranges: CheckedRange[],
-  onBytes?: (done: number) => void,
+  opts: { hashes: HashPool; onBytes?: (done: number) => void },
 ): Promise<ReadBackResult> {
   let fh: FileHandle;
   let direct = true;
@@ -43,49 +53,68 @@ export async function readBack(
       return openFailed(path, e);
     }
   }
-  // Two buffers: the next piece is read while the current one is hashed.
-  const bufs = alignedBuffers(2, CHUNK);
-  let done = 0;
-  try {
-    for (const r of ranges) {
-      const hash = createHash('sha256');
-      const pieces: Array<{ pos: number; len: number }> = [];
-      for (let pos = r.start; pos < r.end; pos += CHUNK) pieces.push({ pos, len: Math.min(CHUNK, r.end - pos) });
-      const read = (i: number) => {
-        const { pos, len } = pieces[i];
-        return fh.read(bufs[i % 2], 0, direct ? alignUp(len, 512) : len, pos);
-      };
-      let pending = pieces.length ? read(0) : undefined;
-      for (let i = 0; i < pieces.length; i++) {
-        let got: number;
-        try {
-          got = (await pending!).bytesRead;
-        } catch (err) {
-          const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
-          return { ok: false, direct, bytes: done, error: `${path}: read-back failed at byte ${pieces[i].pos}: ${code}` };
-        }
-        pending = i + 1 < pieces.length ? read(i + 1) : undefined;
-        const { pos, len } = pieces[i];
-        if (got < len) {
-          await pending?.catch(() => {});
-          return { ok: false, direct, bytes: done, error: `${path}: read-back ended at byte ${pos + got}: the target is shorter than the image` };
-        }
-        hash.update(bufs[i % 2].subarray(0, len));
-        done += len;
-        onBytes?.(done);
-      }
-      const got = hash.digest('hex');
-      if (got !== r.sha256) {
-        return {
-          ok: false,
-          direct,
-          bytes: done,
-          error: `${path}: read-back mismatch in bytes ${r.start}-${r.end - 1} (blocks ${r.start / 4096}-${Math.ceil(r.end / 4096) - 1}): the target does not hold what was written`,
-        };
-      }
+  const ring = new BufferPool(RING, CHUNK, { shared: true });
+  const pieces: Array<{ range: number; pos: number; len: number; last: boolean }> = [];
+  ranges.forEach((r, range) => {
+    for (let pos = r.start; pos < r.end; pos += CHUNK) {
+      const len = Math.min(CHUNK, r.end - pos);
+      pieces.push({ range, pos, len, last: pos + len === r.end });
     }
+  });
+  type Read = { buf: Buffer; got: number } | { error: unknown };
+  const read = async (k: number): Promise<Read> => {
+    const buf = await ring.take();
+    const { pos, len } = pieces[k];
+    try {
+      const { bytesRead } = await fh.read(buf, 0, direct ? alignUp(len, 512) : len, pos);
+      return { buf, got: bytesRead };
+    } catch (error) {
+      ring.give(buf);
+      return { error };
+    }
+  };
+  // One verdict per range, in range order: the first mismatch is the one reported.
+  const verdicts: Array<Promise<string | undefined>> = [];
+  let mismatch: string | undefined;
+  const window: Array<Promise<Read>> = [];
+  let done = 0;
+  let next = 0;
+  let chain = opts.hashes.chain();
+  try {
+    while (next < pieces.length && window.length < READS_IN_FLIGHT) window.push(read(next++));
+    for (let k = 0; k < pieces.length && mismatch === undefined; k++) {
+      const r = await window.shift()!;
+      if (next < pieces.length) window.push(read(next++));
+      const { pos, len, range, last } = pieces[k];
+      if ('error' in r) {
+        const code = (r.error as NodeJS.ErrnoException).code ?? (r.error as Error).message;
+        return { ok: false, direct, bytes: done, error: `${path}: read-back failed at byte ${pos}: ${code}` };
+      }
+      if (r.got < len) {
+        ring.give(r.buf);
+        return { ok: false, direct, bytes: done, error: `${path}: read-back ended at byte ${pos + r.got}: the target is shorter than the image` };
+      }
+      const hashed = chain.update(r.buf.subarray(0, len));
+      const give = () => ring.give(r.buf);
+      hashed.then(give, give);
+      done += len;
+      opts.onBytes?.(done);
+      if (!last) continue;
+      const want = ranges[range];
+      const verdict = Promise.all([hashed, chain.digest()]).then(([, got]) => {
+        if (got === want.sha256) return undefined;
+        const why = `${path}: read-back mismatch in bytes ${want.start}-${want.end - 1} (blocks ${want.start / 4096}-${Math.ceil(want.end / 4096) - 1}): the target does not hold what was written`;
+        mismatch ??= why;
+        return why;
+      });
+      verdicts.push(verdict);
+      if (k + 1 < pieces.length) chain = opts.hashes.chain();
+    }
+    for (const why of await Promise.all(verdicts)) if (why) return { ok: false, direct, bytes: done, error: why };
     return { ok: true, direct, bytes: done };
   } finally {
+    // Reads still queued after a failure finish before the file closes under them.
+    await Promise.all(window);
     await fh.close();
   }
 }

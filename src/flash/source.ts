@@ -1,21 +1,30 @@
 /**
  * Where a flash reads its image: a local file (raw, .gz, .xz, .zst) or an http(s) URL, always
  * handed to the writer as the decompressed bytes from the start, plus the block map found beside
- * it. Decompressors, measured on a 2 GiB image (340 MiB of data) on a 2-core host:
- *  - zstd: the `zstd` tool through a pipe 1.1 s, `fzstd` (pure JS, used for .debs) 16 s. The tool
- *    is used when it is on PATH (it is on every system that made a .zst); fzstd is the fallback.
+ * it. Decompressors, measured on a 2 GiB image (340 MiB of data, the rest zeros) on a 2-core host:
+ *  - zstd: the whole 2 GiB comes out of the decoder, zeros included, so moving it costs more than
+ *    decoding it (`zstd -dc > /dev/null` 0.5 s, the same through a pipe into Node 1.0 s). In
+ *    order of preference:
+ *      1. Node's own zstd (node:zlib, Node >= 22.15): libzstd in this process on the I/O threads,
+ *         no pipe: 0.36-0.47 s for the 2 GiB with 4 MiB output chunks (64 KiB chunks: 0.9 s);
+ *      2. the `zstd` tool through a pipe, when on PATH (it is on every system that made a .zst):
+ *         1.0-1.1 s, on Node 20;
+ *      3. `fzstd` (pure JS, used for .debs): 16 s; a last resort, or with decoder: 'js'.
+ *    A decoder in a worker thread was not taken: in JS or WebAssembly it decodes far slower than
+ *    libzstd, and its output would still have to cross to the writer.
  *  - xz: the `xz` tool when present (multi-threaded on multi-block files), else `xz-decompress`;
  *    on the 90 MiB minimal image the tool took 0.6 s, xz-decompress 0.6-2.2 s (a loaded host).
  *  - gzip: Node's zlib, which runs on the thread pool, so it overlaps the writes anyway.
+ * The decoders, and http(s), load only when a source needs them: a raw local image, the common
+ * case at a bench, starts without them (about 50 ms less per flash).
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
-import { get as httpGet, type IncomingMessage } from 'node:http';
-import { get as httpsGet } from 'node:https';
+import type { IncomingMessage } from 'node:http';
 import { basename } from 'node:path';
-import { PassThrough, Readable } from 'node:stream';
-import { compressionOf, decompressStream, type Compression } from '../packages/decompress.js';
+import { PassThrough, type Readable } from 'node:stream';
+import { compressionOf, type Compression } from '../packages/compression.js';
 import { EdgekitError } from '../util/errors.js';
 
 export interface ImageSource {
@@ -67,7 +76,7 @@ async function openFile(path: string, opts: SourceOptions): Promise<ImageSource>
   if (!info.isFile()) throw new EdgekitError(`${path}: not a regular file`);
   const compression = compressionOf(path);
   const bmap = await findBmap(path, opts, async (p) => readFile(p, 'utf8').catch(() => undefined));
-  const decoder = opts.decoder ?? 'auto';
+  const decode = await decoderFor(compression, opts.decoder ?? 'auto');
   return {
     name: basename(path),
     location: path,
@@ -76,11 +85,7 @@ async function openFile(path: string, opts: SourceOptions): Promise<ImageSource>
     bmapText: bmap?.text,
     bmapLocation: bmap?.where,
     path: compression === 'none' ? path : undefined,
-    stream: () => {
-      const tool = decoder === 'auto' ? toolFor(compression) : undefined;
-      if (tool) return toolStream(tool, [path], undefined, path);
-      return decompressStream(createReadStream(path, { highWaterMark: 1 << 20 }), compression);
-    },
+    stream: () => decode({ file: path }, path),
   };
 }
 
@@ -90,7 +95,7 @@ async function openUrl(url: string, opts: SourceOptions): Promise<ImageSource> {
   const bmap = await findBmap(url, opts, async (u) => (isUrl(u) ? fetchText(u) : readFile(u, 'utf8').catch(() => undefined)));
   // The size of a raw download is its Content-Length: ask once, without fetching the body.
   const length = compression === 'none' ? await contentLength(url) : undefined;
-  const decoder = opts.decoder ?? 'auto';
+  const decode = await decoderFor(compression, opts.decoder ?? 'auto');
   return {
     name,
     location: url,
@@ -98,12 +103,7 @@ async function openUrl(url: string, opts: SourceOptions): Promise<ImageSource> {
     size: length ?? bmapSize(bmap?.text),
     bmapText: bmap?.text,
     bmapLocation: bmap?.where,
-    stream: () => {
-      const body = download(url);
-      const tool = decoder === 'auto' ? toolFor(compression) : undefined;
-      if (tool) return toolStream(tool, [], body, url);
-      return decompressStream(body, compression);
-    },
+    stream: () => decode({ stream: download(url) }, url),
   };
 }
 
@@ -130,7 +130,42 @@ function bmapSize(text: string | undefined): number | undefined {
   return m ? Number(m[1]) : undefined;
 }
 
-// ---- decompressing tools -----------------------------------------------------------------------
+// ---- decompressing -----------------------------------------------------------------------------
+
+type DecodeInput = { file: string } | { stream: Readable };
+/** The decompressed bytes of a file or a stream; an error of the input errors the output. */
+type Decode = (input: DecodeInput, where: string) => Readable;
+
+/** Node's own zstd decoder (node:zlib since Node 22.15 and 23.8); undefined on older Node. */
+type ZstdFactory = (opts: { chunkSize: number }) => import('node:stream').Transform;
+
+/** Picks the decoder once per source (see the measurements at the top); loads only what it uses. */
+async function decoderFor(c: Compression, mode: 'auto' | 'js'): Promise<Decode> {
+  const read = (input: DecodeInput) => ('file' in input ? createReadStream(input.file, { highWaterMark: 1 << 20 }) : input.stream);
+  if (c === 'none') return read;
+  if (mode === 'auto' && c === 'zst') {
+    const zlib = (await import('node:zlib')) as unknown as { createZstdDecompress?: ZstdFactory };
+    const native = zlib.createZstdDecompress;
+    // Large output chunks: most of an image is zeros, and each chunk is one trip to the writer.
+    if (native) return (input) => piped(read(input), native({ chunkSize: 4 << 20 }));
+  }
+  const tool = mode === 'auto' ? toolFor(c) : undefined;
+  if (tool) return (input, where) => ('file' in input ? toolStream(tool, [input.file], undefined, where) : toolStream(tool, [], input.stream, where));
+  const { decompressStream } = await import('../packages/decompress.js');
+  return (input) => {
+    const source = read(input);
+    const out = decompressStream(source, c);
+    if (out !== source) source.on('error', (e: Error) => out.destroy(e));
+    return out;
+  };
+}
+
+/** `input` through `transform`, with an error of either ending the output. */
+function piped(input: Readable, transform: import('node:stream').Transform): Readable {
+  input.on('error', (e) => transform.destroy(e));
+  transform.on('close', () => input.destroy());
+  return input.pipe(transform);
+}
 
 const toolCache = new Map<string, boolean>();
 function hasTool(cmd: string): boolean {
@@ -183,9 +218,9 @@ function toolStream(tool: { cmd: string; args: string[] }, files: string[], inpu
 
 // ---- http(s) -----------------------------------------------------------------------------------
 
-function request(url: string, method: 'GET' | 'HEAD', redirects = 5): Promise<IncomingMessage> {
+async function request(url: string, method: 'GET' | 'HEAD', redirects = 5): Promise<IncomingMessage> {
+  const { get } = url.startsWith('https:') ? await import('node:https') : await import('node:http');
   return new Promise((resolve, reject) => {
-    const get = url.startsWith('https:') ? httpsGet : httpGet;
     const req = get(url, { method }, (res) => {
       const status = res.statusCode ?? 0;
       if (status >= 300 && status < 400 && res.headers.location && redirects > 0) {

@@ -14,17 +14,11 @@ import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { createGunzip, gunzipSync } from 'node:zlib';
 import { Decompress as ZstdDecompress } from 'fzstd';
 import xzModule from 'xz-decompress';
+import type { Compression } from './compression.js';
 
-export type Compression = 'xz' | 'zst' | 'gz' | 'none';
+export { compressionOf, type Compression } from './compression.js';
 
 const { XzReadableStream } = xzModule as unknown as typeof import('xz-decompress');
-
-export function compressionOf(name: string): Compression {
-  if (name.endsWith('.xz')) return 'xz';
-  if (name.endsWith('.zst')) return 'zst';
-  if (name.endsWith('.gz')) return 'gz';
-  return 'none';
-}
 
 function zstdTransform(): Transform {
   let push: (chunk: Uint8Array) => void = () => {};
