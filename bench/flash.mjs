@@ -10,7 +10,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { buildFlashBenchImage } from './lib/flash-image.mjs';
-import { medianTime } from './lib/median-timer.mjs';
+import { median, medianTime } from './lib/median-timer.mjs';
 import { runCommand, runShell } from './lib/run-command.mjs';
 import { bytes, formatTable, ratio, seconds } from './lib/ratio-table.mjs';
 
@@ -79,21 +79,27 @@ try {
     const [r] = await flashImage({ source: await openSource(s), targets: [target], publicKey, verify });
     if (!r.ok) throw new Error(r.error);
   };
-  const startup = (await medianTime(RUNS, () => runCommand('node', [CLI, '--version']))).median;
-  console.log(`edgekit CLI start-up (edgekit --version): ${seconds(startup)}\n`);
+  // What the CLI rows pay before flashing: node itself, then commander and the flash command's modules.
+  const nodeStart = (await medianTime(RUNS, () => runCommand('node', ['-e', '0']))).median;
+  const startup = (await medianTime(RUNS, () => runCommand('node', [CLI, 'flash', '--help']))).median;
+  console.log(`start-up: node ${seconds(nodeStart)}, edgekit flash --help ${seconds(startup)}\n`);
   // Each run starts from no target and no dirty pages; the source is read once first so every
   // tool finds it in the page cache alike.
   const prepare = async () => {
     await rm(target, { force: true });
     await runCommand('sync', []);
   };
+  // Runs go round the tools (one run of each, then the next round) so that a change in the load of
+  // a shared machine falls on every tool alike instead of on the ones measured at that moment.
   const times = {};
   for (const [kind, s] of Object.entries(sources)) {
     await runShell('cat "$1" > /dev/null', [s]);
-    for (const [tool, step] of Object.entries(tools)) {
-      say(`${tool}, ${kind} source`);
-      times[`${tool}|${kind}`] = (await medianTime(RUNS, () => step(s), prepare)).median;
+    const runs = Object.fromEntries(Object.keys(tools).map((tool) => [tool, []]));
+    for (let round = 1; round <= RUNS; round++) {
+      say(`${kind} source, round ${round} of ${RUNS}`);
+      for (const [tool, step] of Object.entries(tools)) runs[tool].push(...(await medianTime(1, () => step(s), prepare)).runs);
     }
+    for (const tool of Object.keys(tools)) times[`${tool}|${kind}`] = median(runs[tool]);
   }
   // Correctness of the last edgekit run is checked, not assumed.
   await prepare();

@@ -43,9 +43,9 @@ describe('HashPool', () => {
     randomBytes(4 * MiB).copy(b);
     const plain = randomBytes(100_000);
     const zeros = Buffer.alloc(3 * MiB + 5);
-    const one = pool.chain();
-    const two = pool.chain();
-    const three = pool.chain();
+    const one = pool.chain(8 * MiB);
+    const two = pool.chain(5 * MiB);
+    const three = pool.chain(MiB);
     const updates = [
       one.update(a.subarray(0, MiB)),
       two.update(b),
@@ -59,14 +59,14 @@ describe('HashPool', () => {
     expect(await one.digest()).toBe(sha256(a.subarray(0, MiB), zeros, a.subarray(MiB)));
     expect(await two.digest()).toBe(sha256(b, plain));
     expect(await three.digest()).toBe(sha256(plain, a.subarray(17, 4099)));
-    expect(await pool.chain().digest()).toBe(sha256());
+    expect(await pool.chain(0).digest()).toBe(sha256());
   });
 
   it('hashes on the main thread while no worker is up, with the same result', async () => {
     const fresh = new HashPool(1);
     try {
-      // Made before the event loop turns: its worker cannot be up yet.
-      const early = fresh.chain();
+      // Made before the event loop turns: its worker cannot be up yet, and it is small.
+      const early = fresh.chain(2 * MiB);
       const data = randomBytes(2 * MiB);
       await early.update(data);
       await early.zeros(4096);
@@ -79,7 +79,7 @@ describe('HashPool', () => {
   it('fails the hashes of a closed pool instead of leaving them pending', async () => {
     const closing = new HashPool(1);
     await closing.ready();
-    const chain = closing.chain();
+    const chain = closing.chain(1000);
     await closing.close();
     await expect(chain.update(randomBytes(1000))).rejects.toThrow(/hashing/);
   });

@@ -9,7 +9,7 @@ type Register = (program: Command) => void;
 /**
  * Each command's module, loaded only when that command runs: loading every command (QEMU, USB,
  * serial ports, TUF, the builder) costs most of a second, which a bench tool run 20 times a tray
- * should not pay. `edgekit --help` and unknown commands load them all.
+ * should not pay. `edgekit --help` and unknown commands load them all, `--version` none.
  */
 const COMMANDS: Array<{ names: string[]; load: () => Promise<Register> }> = [
   { names: ['boards'], load: async () => (await import('./boards.js')).registerBoards },
@@ -41,7 +41,10 @@ export async function program(argv: string[] = []): Promise<Command> {
     .version('0.1.0')
     .showHelpAfterError()
     .exitOverride();
-  const named = COMMANDS.filter((c) => c.names.includes(argv[2] ?? ''));
+  const first = argv[2] ?? '';
+  // The version needs no command; help and unknown commands need them all.
+  if (first === '--version' || first === '-V') return p;
+  const named = COMMANDS.filter((c) => c.names.includes(first));
   for (const c of named.length ? named : COMMANDS) (await c.load())(p);
   return p;
 }

@@ -284,7 +284,7 @@ export async function zeroRangesInRegions(
   }
   return Promise.all(
     merged.map(async (m) => {
-      const chain = hashes.chain();
+      const chain = hashes.chain(m.end - m.start);
       const [, sha256] = await Promise.all([chain.zeros(m.end - m.start), chain.digest()]);
       return { ...m, sha256 };
     }),

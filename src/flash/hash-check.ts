@@ -68,7 +68,7 @@ export class RangeCheck {
       const from = Math.max(r.start, abs);
       const to = Math.min(r.end, end);
       if (to > from) {
-        this.hash ??= this.pool.chain();
+        this.hash ??= this.pool.chain(r.end - r.start);
         pending.push(this.hash.update(data.subarray(from - abs, to - abs)));
         this.seen += to - from;
       }
@@ -160,7 +160,7 @@ export class RegionCheck {
       if (this.pos < r.offset) this.pos = r.offset;
       // A region's chain goes to a worker when its first bytes do: by then the previous region's
       // bytes are queued, and the least busy worker is the other one.
-      const chain = () => (this.hash ??= this.pool.chain());
+      const chain = () => (this.hash ??= this.pool.chain(r.size));
       // Bytes of the region before `abs` were not written: zeros.
       const gapEnd = Math.min(abs, rEnd);
       if (this.pos < gapEnd) {

@@ -13,15 +13,19 @@
  * does nearly all the hashing of a write. More start only when a new chain finds every worker
  * busy (several targets' read-backs at once), up to one per core beside the main thread, which
  * keeps the reads and writes going. The first one is started as early as the caller can (the CLI
- * does it before reading the key and the block map). A chain that starts before any worker is up
- * is hashed on the main thread instead: the first regions of an image (partition table, boot
- * partition) are small, so they are done while the worker boots, and the large system payload
- * that follows goes to the worker.
+ * does it before reading the key and the block map). A small chain (up to MAIN_THREAD_BYTES)
+ * that starts before any worker is up is hashed on the main thread instead: the first regions of
+ * an image (partition table, boot partition) are done while the worker boots. A large one waits
+ * in the worker's queue, as the writes go on: hashed on the main thread it would hold the reads
+ * and writes back for its whole length, which is what this module is for avoiding.
  */
 import { createHash, type Hash } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { HashReply, HashRequest } from './hash-worker.js';
+
+/** About as much as the main thread hashes while a worker starts (2 GB/s for 30-40 ms). */
+const MAIN_THREAD_BYTES = 64 << 20;
 
 export class HashPool {
   private workers: HashWorker[] = [new HashWorker()];
@@ -32,12 +36,12 @@ export class HashPool {
   constructor(private readonly maxWorkers = Math.max(1, Math.min(3, availableParallelism() - 1))) {}
 
   /**
-   * A new sha256: on the main thread while no worker is up yet; else on an idle worker, a new one
-   * if none is idle and there is room, else the least busy.
+   * A new sha256 of about `bytes` bytes: on the main thread if it is small and no worker is up
+   * yet; else on an idle worker, a new one if none is idle and there is room, else the least busy.
    */
-  chain(): HashChain {
+  chain(bytes: number): HashChain {
     const up = this.workers.filter((w) => w.online);
-    if (!up.length) return new MainThreadChain();
+    if (!up.length) return bytes <= MAIN_THREAD_BYTES ? new MainThreadChain() : new WorkerChain(this, this.workers[0], this.nextChain++);
     let w = up.reduce((a, b) => (b.queued < a.queued ? b : a));
     if (w.queued > 0 && this.workers.length < this.maxWorkers) {
       this.workers.push(new HashWorker());

@@ -13,7 +13,7 @@ import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { alignUp } from './aligned.js';
 import { BufferPool } from './buffer-pool.js';
-import type { HashPool } from './hash-pool.js';
+import type { HashChain, HashPool } from './hash-pool.js';
 
 export interface CheckedRange {
   /** Byte offsets in the image, [start, end). */
@@ -79,7 +79,7 @@ export async function readBack(
   const window: Array<Promise<Read>> = [];
   let done = 0;
   let next = 0;
-  let chain = opts.hashes.chain();
+  let chain: HashChain | undefined;
   try {
     while (next < pieces.length && window.length < READS_IN_FLIGHT) window.push(read(next++));
     for (let k = 0; k < pieces.length && mismatch === undefined; k++) {
@@ -94,21 +94,25 @@ export async function readBack(
         ring.give(r.buf);
         return { ok: false, direct, bytes: done, error: `${path}: read-back ended at byte ${pos + r.got}: the target is shorter than the image` };
       }
+      const want = ranges[range];
+      chain ??= opts.hashes.chain(want.end - want.start);
       const hashed = chain.update(r.buf.subarray(0, len));
       const give = () => ring.give(r.buf);
       hashed.then(give, give);
       done += len;
       opts.onBytes?.(done);
       if (!last) continue;
-      const want = ranges[range];
-      const verdict = Promise.all([hashed, chain.digest()]).then(([, got]) => {
-        if (got === want.sha256) return undefined;
-        const why = `${path}: read-back mismatch in bytes ${want.start}-${want.end - 1} (blocks ${want.start / 4096}-${Math.ceil(want.end / 4096) - 1}): the target does not hold what was written`;
-        mismatch ??= why;
-        return why;
-      });
+      const verdict = Promise.all([hashed, chain.digest()]).then(
+        ([, got]) => {
+          if (got === want.sha256) return undefined;
+          const why = `${path}: read-back mismatch in bytes ${want.start}-${want.end - 1} (blocks ${want.start / 4096}-${Math.ceil(want.end / 4096) - 1}): the target does not hold what was written`;
+          mismatch ??= why;
+          return why;
+        },
+        (err: Error) => (mismatch ??= `${path}: read-back could not be checked: ${err.message}`),
+      );
       verdicts.push(verdict);
-      if (k + 1 < pieces.length) chain = opts.hashes.chain();
+      chain = undefined;
     }
     for (const why of await Promise.all(verdicts)) if (why) return { ok: false, direct, bytes: done, error: why };
     return { ok: true, direct, bytes: done };
