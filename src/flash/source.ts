@@ -14,7 +14,8 @@
  *    libzstd, and its output would still have to cross to the writer.
  *  - xz: the `xz` tool when present (multi-threaded on multi-block files), else `xz-decompress`;
  *    on the 90 MiB minimal image the tool took 0.6 s, xz-decompress 0.6-2.2 s (a loaded host).
- *  - gzip: Node's zlib, which runs on the thread pool, so it overlaps the writes anyway.
+ *  - gzip: Node's zlib, which runs on the thread pool, so it overlaps the writes anyway; with 4 MiB
+ *    output chunks: 0.5-1.7 s for the 2 GiB against 7.8-10.8 s with zlib's default 16 KiB ones.
  * The decoders, and http(s), load only when a source needs them: a raw local image, the common
  * case at a bench, starts without them (about 50 ms less per flash).
  */
@@ -143,11 +144,16 @@ type ZstdFactory = (opts: { chunkSize: number }) => import('node:stream').Transf
 async function decoderFor(c: Compression, mode: 'auto' | 'js'): Promise<Decode> {
   const read = (input: DecodeInput) => ('file' in input ? createReadStream(input.file, { highWaterMark: 1 << 20 }) : input.stream);
   if (c === 'none') return read;
+  // Large output chunks: most of an image is zeros, and each chunk is one trip to the writer.
+  const chunkSize = 4 << 20;
+  if (c === 'gz') {
+    const { createGunzip } = await import('node:zlib');
+    return (input) => piped(read(input), createGunzip({ chunkSize }));
+  }
   if (mode === 'auto' && c === 'zst') {
     const zlib = (await import('node:zlib')) as unknown as { createZstdDecompress?: ZstdFactory };
     const native = zlib.createZstdDecompress;
-    // Large output chunks: most of an image is zeros, and each chunk is one trip to the writer.
-    if (native) return (input) => piped(read(input), native({ chunkSize: 4 << 20 }));
+    if (native) return (input) => piped(read(input), native({ chunkSize }));
   }
   const tool = mode === 'auto' ? toolFor(c) : undefined;
   if (tool) return (input, where) => ('file' in input ? toolStream(tool, [input.file], undefined, where) : toolStream(tool, [], input.stream, where));
