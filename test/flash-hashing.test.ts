@@ -62,6 +62,26 @@ describe('HashPool', () => {
     expect(await pool.chain(0).digest()).toBe(sha256());
   });
 
+  it('gives a large chain that finds the worker busy to another worker, started for it', async () => {
+    await pool.ready();
+    const [a, b] = alignedBuffers(2, 8 * MiB, { shared: true });
+    randomBytes(8 * MiB).copy(a);
+    randomBytes(8 * MiB).copy(b);
+    const first = pool.chain(1 << 30);
+    const busy = [first.update(a), first.update(a), first.update(a)];
+    // The first worker has 24 MiB queued: this one goes to a second worker, queued until it is up.
+    expect(pool.size).toBe(1);
+    const second = pool.chain(1 << 30);
+    expect(pool.size).toBe(2);
+    // A small chain does not start a third (the pool may have two).
+    expect(await pool.chain(4096).digest()).toBe(sha256(Buffer.alloc(0)));
+    expect(pool.size).toBe(2);
+    const other = [second.update(b), second.zeros(4096)];
+    await Promise.all([...busy, ...other]);
+    expect(await second.digest()).toBe(sha256(b, Buffer.alloc(4096)));
+    expect(await first.digest()).toBe(sha256(a, a, a));
+  });
+
   it('hashes on the main thread while no worker is up, with the same result', async () => {
     const fresh = new HashPool(1);
     try {

@@ -1,7 +1,7 @@
 /**
  * sha256 on worker threads, so that hashing runs beside the reads and writes instead of between
- * them. Measured with `node --cpu-prof` on a 340 MiB flash, hashing on the main thread took about
- * two thirds of its time, serialised with queueing the next read and write.
+ * them. Measured with `node --cpu-prof` on a 340 MiB flash, hashing took 224 ms of the main
+ * thread's 430 busy ms, serialised with queueing the next read and write.
  *
  * A chain is one sha256 (a signed region, a block-map range, a read-back range); it lives on one
  * worker, which hashes its updates in the order they were sent. Data is not copied: it lies in
@@ -9,23 +9,25 @@
  * the worker is done with the bytes, so the buffer can be reused.
  *
  * How many workers: a worker costs 30-40 ms of CPU to start (a Node environment of its own), and
- * an image is hashed in image order, so one region's chain is fed at a time: the first worker
- * does nearly all the hashing of a write. More start only when a new chain finds every worker
- * busy (several targets' read-backs at once), up to one per core beside the main thread, which
- * keeps the reads and writes going. The first one is started as early as the caller can (the CLI
- * does it before reading the key and the block map). A small chain (up to MAIN_THREAD_BYTES)
- * that starts before any worker is up is hashed on the main thread instead: the first regions of
- * an image (partition table, boot partition) are done while the worker boots. A large one waits
- * in the worker's queue, as the writes go on: hashed on the main thread it would hold the reads
- * and writes back for its whole length, which is what this module is for avoiding.
+ * an image is hashed in image order, so one region's chain is fed at a time: one worker does
+ * nearly all the hashing of a write. Another starts only for a large chain that finds every
+ * worker busy (several targets' read-backs at once), up to one per core. The first one is started
+ * as early as the caller can (the CLI does it before reading the key and the block map).
+ *
+ * A small chain (up to SMALL_CHAIN bytes) that starts before any worker is up is hashed on the
+ * main thread: the first regions of an image (partition table, boot partition) are done while the
+ * worker boots. A large one waits in the queue of the worker that is starting, while the writes
+ * go on: hashed on the main thread it would hold the reads and writes back for its whole length.
  */
 import { createHash, type Hash } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { HashReply, HashRequest } from './hash-worker.js';
 
-/** About as much as the main thread hashes while a worker starts (2 GB/s for 30-40 ms). */
-const MAIN_THREAD_BYTES = 64 << 20;
+/** About as much as one core hashes while a worker starts (2 GB/s for 30-40 ms). */
+const SMALL_CHAIN = 64 << 20;
+/** Past the cores there is nothing to gain; each worker is a V8 isolate. */
+const MAX_WORKERS = 4;
 
 export class HashPool {
   private workers: HashWorker[] = [new HashWorker()];
@@ -33,22 +35,33 @@ export class HashPool {
   private nextMemory = 0;
   private nextChain = 0;
 
-  constructor(private readonly maxWorkers = Math.max(1, Math.min(3, availableParallelism() - 1))) {}
+  constructor(private readonly maxWorkers = Math.max(1, Math.min(MAX_WORKERS, availableParallelism()))) {}
 
   /**
-   * A new sha256 of about `bytes` bytes: on the main thread if it is small and no worker is up
-   * yet; else on an idle worker, a new one if none is idle and there is room, else the least busy.
+   * A new sha256 of about `bytes` bytes. Small: on the main thread while no worker is up, else on
+   * the least busy worker. Large: on an idle worker, else on one that is starting (a new one if
+   * there is room), else on the least busy.
    */
   chain(bytes: number): HashChain {
+    const on = (w: HashWorker) => new WorkerChain(this, w, this.nextChain++);
+    const small = bytes <= SMALL_CHAIN;
     const up = this.workers.filter((w) => w.online);
-    if (!up.length) return bytes <= MAIN_THREAD_BYTES ? new MainThreadChain() : new WorkerChain(this, this.workers[0], this.nextChain++);
-    let w = up.reduce((a, b) => (b.queued < a.queued ? b : a));
-    if (w.queued > 0 && this.workers.length < this.maxWorkers) {
-      this.workers.push(new HashWorker());
-      // The new worker is not up yet; an idle one that is up may have appeared meanwhile.
-      w = up.reduce((a, b) => (b.queued < a.queued ? b : a));
+    if (!up.length) return small ? new MainThreadChain() : on(this.workers[0]);
+    const least = up.reduce((a, b) => (b.queued < a.queued ? b : a));
+    if (small || least.queued === 0) return on(least);
+    const starting = this.workers.find((w) => !w.online);
+    if (starting) return on(starting);
+    if (this.workers.length < this.maxWorkers) {
+      const fresh = new HashWorker();
+      this.workers.push(fresh);
+      return on(fresh);
     }
-    return new WorkerChain(this, w, this.nextChain++);
+    return on(least);
+  }
+
+  /** Workers started so far (up or starting). */
+  get size(): number {
+    return this.workers.length;
   }
 
   /** Resolves when a worker is up (chains made from then on are hashed off the main thread). */
