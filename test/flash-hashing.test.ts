@@ -62,14 +62,14 @@ describe('HashPool', () => {
     expect(await pool.chain(0).digest()).toBe(sha256());
   });
 
-  it('gives a large chain that finds the worker busy to another worker, started for it', async () => {
+  it('gives a large chain to another worker, started for it, while the first has one open', async () => {
     await pool.ready();
     const [a, b] = alignedBuffers(2, 8 * MiB, { shared: true });
     randomBytes(8 * MiB).copy(a);
     randomBytes(8 * MiB).copy(b);
     const first = pool.chain(1 << 30);
     const busy = [first.update(a), first.update(a), first.update(a)];
-    // The first worker has 24 MiB queued: this one goes to a second worker, queued until it is up.
+    // The first worker has a large chain open: this one goes to a second worker, queued until it is up.
     expect(pool.size).toBe(1);
     const second = pool.chain(1 << 30);
     expect(pool.size).toBe(2);

@@ -10,9 +10,9 @@
  *
  * How many workers: a worker costs 30-40 ms of CPU to start (a Node environment of its own), and
  * an image is hashed in image order, so one region's chain is fed at a time: one worker does
- * nearly all the hashing of a write. Another starts only for a large chain that finds every
- * worker busy (several targets' read-backs at once), up to one per core. The first one is started
- * as early as the caller can (the CLI does it before reading the key and the block map).
+ * nearly all the hashing of a write. Another starts only for a large chain while every worker
+ * has a large chain open (several targets' read-backs at once), up to one per core. The first one
+ * is started as early as the caller can (the CLI does it before reading the key and the block map).
  *
  * A small chain (up to SMALL_CHAIN bytes) that starts before any worker is up is hashed on the
  * main thread: the first regions of an image (partition table, boot partition) are done while the
@@ -38,25 +38,20 @@ export class HashPool {
   constructor(private readonly maxWorkers = Math.max(1, Math.min(MAX_WORKERS, availableParallelism()))) {}
 
   /**
-   * A new sha256 of about `bytes` bytes. Small: on the main thread while no worker is up, else on
-   * the least busy worker. Large: on an idle worker, else on one that is starting (a new one if
-   * there is room), else on the least busy.
+   * A new sha256 of about `bytes` bytes. A small one: on the main thread while no worker is up,
+   * else on the worker with the least queued. A large one: on a worker that has no other large
+   * chain open (one that is up first), else on a new worker if there is room, else on the one with
+   * the fewest: a busy worker soon done with a small chain is better than starting another.
    */
   chain(bytes: number): HashChain {
-    const on = (w: HashWorker) => new WorkerChain(this, w, this.nextChain++);
-    const small = bytes <= SMALL_CHAIN;
-    const up = this.workers.filter((w) => w.online);
-    if (!up.length) return small ? new MainThreadChain() : on(this.workers[0]);
-    const least = up.reduce((a, b) => (b.queued < a.queued ? b : a));
-    if (small || least.queued === 0) return on(least);
-    const starting = this.workers.find((w) => !w.online);
-    if (starting) return on(starting);
-    if (this.workers.length < this.maxWorkers) {
-      const fresh = new HashWorker();
-      this.workers.push(fresh);
-      return on(fresh);
+    if (bytes <= SMALL_CHAIN) {
+      const up = this.workers.filter((w) => w.online);
+      if (!up.length) return new MainThreadChain();
+      return new WorkerChain(this, up.reduce((a, b) => (b.queued < a.queued ? b : a)), this.nextChain++, false);
     }
-    return on(least);
+    let w = [...this.workers].sort((a, b) => a.largeChains - b.largeChains || Number(b.online) - Number(a.online))[0];
+    if (w.largeChains > 0 && this.workers.length < this.maxWorkers) this.workers.push((w = new HashWorker()));
+    return new WorkerChain(this, w, this.nextChain++, true);
   }
 
   /** Workers started so far (up or starting). */
@@ -114,7 +109,10 @@ class WorkerChain implements HashChain {
     private pool: HashPool,
     private worker: HashWorker,
     private id: number,
-  ) {}
+    private large: boolean,
+  ) {
+    if (large) worker.largeChains++;
+  }
 
   update(data: Buffer): Promise<void> {
     if (data.length === 0) return Promise.resolve();
@@ -134,6 +132,8 @@ class WorkerChain implements HashChain {
   }
 
   async digest(): Promise<string> {
+    if (this.large) this.worker.largeChains--;
+    this.large = false;
     return (await this.worker.call({ op: 'digest', chain: this.id }, 0))!;
   }
 }
@@ -144,6 +144,8 @@ type WithoutTicket<T> = T extends unknown ? Omit<T, 'ticket'> : never;
 class HashWorker {
   /** Bytes sent and not yet hashed: how busy this worker is. */
   queued = 0;
+  /** Chains over SMALL_CHAIN bytes sent here and not yet finished: how much work is still coming. */
+  largeChains = 0;
   online = false;
   readonly started: Promise<void>;
   private worker: Worker;
