@@ -89,6 +89,7 @@ async function runFlash(image: string, o: FlashFlags): Promise<void> {
   // The hashing workers take tens of ms to start: started now, they are up by the time the key,
   // the block map and the image's manifest are read.
   const hashes = new HashPool();
+  let results: FlashResult[];
   try {
     let publicKey: KeyObject | undefined;
     if (o.pubkey) publicKey = await loadPublicKey(o.pubkey);
@@ -100,37 +101,35 @@ async function runFlash(image: string, o: FlashFlags): Promise<void> {
     const rows = settingsLib && o.serials ? settingsLib.readSerialsCsv(o.serials) : undefined;
     const source = await openSource(image, { bmap: o.bmap });
     const job: FlashJob = { source, publicKey, o, templates, rows, nextRow: firstRow - 1, hashes };
-
-    let results: FlashResult[];
     if (o.auto) results = await trayMode(job);
     else if (o.rpiboot) results = await flashAfterRpiboot(job, timeoutS);
     else results = await flashTargets(job, o.to);
-
-    let boots: BootResult[] = [];
-    if (watches.length && expect) {
-      const pairs = watches.filter((w) => results.some((r) => r.ok && sameTarget(r.target, w.target)));
-      if (pairs.length) {
-        if (!o.json) process.stderr.write(`watching ${pairs.length} first boot(s) for /${expect.source}/ (up to ${timeoutS} s): move each card to its board and power it on\n`);
-        const { watchBoots } = await import('../flash/console.js');
-        boots = await watchBoots(pairs, expect, timeoutS * 1000);
-        for (const b of boots) {
-          if (o.json) process.stdout.write(JSON.stringify({ type: 'boot', ...b }) + '\n');
-          else console.log(b.ok ? `boot ok   ${b.target} on ${b.port}: ${JSON.stringify(b.matched)}` : `boot FAIL ${b.target} on ${b.port}: ${b.error}`);
-        }
-      }
-    }
-    const failed = results.filter((r) => !r.ok).length;
-    const bootFailed = boots.filter((b) => !b.ok).length;
-    if (failed || bootFailed) {
-      const parts = [];
-      if (failed) parts.push(`${failed} of ${results.length} target(s) failed`);
-      if (bootFailed) parts.push(`${bootFailed} of ${boots.length} first boot(s) failed`);
-      throw new EdgekitError(`flash: ${parts.join('; ')}`);
-    }
-    if (results.length === 0 && !o.auto) throw new EdgekitError('flash: nothing was flashed');
   } finally {
     await hashes.close();
   }
+
+  let boots: BootResult[] = [];
+  if (watches.length && expect) {
+    const pairs = watches.filter((w) => results.some((r) => r.ok && sameTarget(r.target, w.target)));
+    if (pairs.length) {
+      if (!o.json) process.stderr.write(`watching ${pairs.length} first boot(s) for /${expect.source}/ (up to ${timeoutS} s): move each card to its board and power it on\n`);
+      const { watchBoots } = await import('../flash/console.js');
+      boots = await watchBoots(pairs, expect, timeoutS * 1000);
+      for (const b of boots) {
+        if (o.json) process.stdout.write(JSON.stringify({ type: 'boot', ...b }) + '\n');
+        else console.log(b.ok ? `boot ok   ${b.target} on ${b.port}: ${JSON.stringify(b.matched)}` : `boot FAIL ${b.target} on ${b.port}: ${b.error}`);
+      }
+    }
+  }
+  const failed = results.filter((r) => !r.ok).length;
+  const bootFailed = boots.filter((b) => !b.ok).length;
+  if (failed || bootFailed) {
+    const parts = [];
+    if (failed) parts.push(`${failed} of ${results.length} target(s) failed`);
+    if (bootFailed) parts.push(`${bootFailed} of ${boots.length} first boot(s) failed`);
+    throw new EdgekitError(`flash: ${parts.join('; ')}`);
+  }
+  if (results.length === 0 && !o.auto) throw new EdgekitError('flash: nothing was flashed');
 }
 
 interface FlashJob {
