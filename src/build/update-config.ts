@@ -3,8 +3,10 @@
  * repository's root metadata the image trusts (/etc/edgekit/root.json: public keys only), from
  * the image spec's `update:` and the board's update settings.
  *
- * Spec: `update: { server, channel, root: path/to/root.json (relative to the spec), health?,
- * dataBudget? }`. `root` is the repository's metadata/root.json (`edgekit repo init` writes it).
+ * Spec: `update: { server?, fleet?: { server }, channel, root: path/to/root.json (relative to
+ * the spec), health?, dataBudget?, checkInterval? }`. `root` is the repository's
+ * metadata/root.json (`edgekit repo init` writes it). With `fleet`, the fleet server chooses the
+ * release and names the repository; `server` is then only the repository it falls back to.
  */
 import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
@@ -30,6 +32,7 @@ export function agentConfigFor(spec: Pick<ImageSpec, 'name' | 'version'> & { upd
   return parseAgentConfig(
     {
       server: u.server,
+      ...(u.fleet ? { fleet: { server: u.fleet.server } } : {}),
       channel: u.channel,
       name: spec.name,
       board: board.id,

@@ -8,6 +8,7 @@ interface ServeOptions {
   db: string;
   adminTokenFile?: string;
   repo?: string;
+  payloadsUrl?: string;
   host: string;
   port: string;
   tlsCert?: string;
@@ -22,7 +23,8 @@ export function registerServe(program: Command): void {
     .description('run the fleet server: devices check in and report, operators manage releases and staged rollouts')
     .option('--db <file|url>', 'fleet database: a SQLite file (or sqlite:<path>), or postgres://user:pass@host/db for servers sharing one database', 'fleet.db')
     .option('--admin-token-file <file>', 'where the first admin token is written on an empty database (default: <db>.admin-token; fleet.admin-token for PostgreSQL)')
-    .option('--repo <dir>', 'the static release repository devices download from (published separately); rollout costs are read from its targets metadata')
+    .option('--repo <dir>', 'the release repository (edgekit repo init / release): served to authenticated devices offered a release; rollout costs are read from its targets metadata')
+    .option('--payloads-url <url>', 'with --repo: devices fetch payloads (the targets/ folder) from this static host or CDN instead')
     .option('--host <address>', 'address to listen on', '127.0.0.1')
     .option('--port <n>', 'port to listen on (0: any free port)', '8480')
     .option('--tls-cert <file>', 'serve HTTPS with this PEM certificate (chain); needs --tls-key')
@@ -39,6 +41,8 @@ export function registerServe(program: Command): void {
       ]);
       // Before the database is touched: a bad key or repository must not leave a first admin token behind.
       if (tls) checkTls(tls);
+      if (o.payloadsUrl && !o.repo) throw new EdgekitError('--payloads-url needs --repo (the server hands out the metadata, the payloads come from there)');
+      const payloadsUrl = o.payloadsUrl ? folderUrl(o.payloadsUrl) : undefined;
       if (o.repo && !existsSync(join(o.repo, 'metadata', 'timestamp.json'))) {
         throw new EdgekitError(`--repo ${o.repo}: not a release repository (no metadata/timestamp.json; make one with edgekit repo init)`);
       }
@@ -57,7 +61,7 @@ export function registerServe(program: Command): void {
         if (await service.bootstrapAdminToken(keep, () => rm(file, { force: true }))) {
           process.stdout.write(`edgekit serve: first admin token written to ${file}\n`);
         }
-        running = await startFleetServer({ service, host: o.host, port, tls, repo: o.repo, dashboard: o.dashboard, log });
+        running = await startFleetServer({ service, host: o.host, port, tls, repo: o.repo, payloadsUrl, dashboard: o.dashboard, log });
         process.stdout.write(`edgekit serve: listening on ${running.url}${o.repo ? ` (release repository ${o.repo})` : ''}\n`);
         if (o.dashboard) process.stdout.write(`edgekit serve: dashboard at ${running.url}/dashboard/ (sign in with an admin token)\n`);
       } catch (err) {
@@ -79,4 +83,16 @@ async function readPem(file: string, option: string): Promise<Buffer> {
   });
   if (!data.includes('-----BEGIN ')) throw new EdgekitError(`${option} ${file}: not a PEM file (no -----BEGIN line)`);
   return data;
+}
+
+/** --payloads-url: an http(s) folder URL (target names are resolved below it). */
+function folderUrl(text: string): string {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new EdgekitError(`--payloads-url: not a URL: ${text}`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new EdgekitError(`--payloads-url: not an http(s) URL: ${text}`);
+  return url.href.replace(/\/*$/, '/');
 }

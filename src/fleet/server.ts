@@ -15,7 +15,8 @@ import { DASHBOARD_HEADERS, loadDashboardAssets, type Asset } from './dashboard-
 import { Metrics } from './metrics.js';
 import { DEFAULT_ONLINE_SECONDS, fleetOverview } from './overview.js';
 import { rolloutProgress } from './progress.js';
-import { DEVICE_PATHS } from './protocol/messages.js';
+import { DEVICE_PATHS, type CheckInResponse, type RepositoryLocation } from './protocol/messages.js';
+import { serveRepoFile } from './repo-files.js';
 import * as S from './schemas.js';
 import { FleetError, FleetService, type Actor } from './service.js';
 import type { DeviceStatus, RolloutRow, Scope } from './store/store.js';
@@ -30,6 +31,10 @@ interface Ctx {
   bearer: string | null;
 }
 type Handler = (c: Ctx) => Promise<{ status?: number; body: unknown } | unknown>;
+/** A handler result that writes the response itself (repository files); resolves to the status it sent. */
+interface RawResult {
+  raw: (res: ServerResponse) => Promise<number>;
+}
 interface Route {
   method: string;
   pattern: RegExp;
@@ -51,15 +56,20 @@ export interface FleetServerOptions {
   /** PEM certificate chain and private key: serve HTTPS. */
   tls?: { cert: Buffer; key: Buffer };
   log?: (line: string) => void;
-  /** The release repository folder: rollout costs are read from its targets metadata. */
+  /**
+   * The release repository folder: served to authenticated devices (metadata/ and targets/, the
+   * check-in answer points there), and rollout costs are read from its targets metadata.
+   */
   repo?: string;
+  /** With repo: devices fetch targets/ (the payloads) from this static host or CDN instead. */
+  payloadsUrl?: string;
   /** Serve the web dashboard at /dashboard/ (default true). */
   dashboard?: boolean;
 }
 
 export async function startFleetServer(o: FleetServerOptions): Promise<RunningServer> {
   const metrics = new Metrics();
-  const routes = buildRoutes(o.service, metrics, { repo: o.repo });
+  const routes = buildRoutes(o.service, metrics, { repo: o.repo, payloadsUrl: o.payloadsUrl });
   if (o.dashboard ?? true) addDashboardRoutes(routes, await loadDashboardAssets());
   const log = o.log ?? (() => {});
   const listener: RequestListener = (req, res) => {
@@ -121,6 +131,7 @@ async function handle(routes: Route[], metrics: Metrics, req: IncomingMessage, r
       bearer: auth?.startsWith('Bearer ') ? auth.slice(7).trim() : null,
     };
     const result = await route.handler(ctx);
+    if (result && typeof result === 'object' && 'raw' in result) return metrics.countRequest(routeName, await (result as RawResult).raw(res));
     if (result && typeof result === 'object' && 'asset' in result) return sendAsset(req, res, (result as { asset: Asset }).asset, (s) => metrics.countRequest(routeName, s));
     if (result && typeof result === 'object' && 'redirect' in result) {
       metrics.countRequest(routeName, 302);
@@ -202,7 +213,7 @@ function addDashboardRoutes(routes: Route[], assets: Map<string, Asset>): void {
   });
 }
 
-function buildRoutes(service: FleetService, metrics: Metrics, o: { repo?: string }): Route[] {
+function buildRoutes(service: FleetService, metrics: Metrics, o: { repo?: string; payloadsUrl?: string }): Route[] {
   const routes: Route[] = [];
   const add = routeAdder(routes);
   const admin = (scope: Scope, h: (c: Ctx, actor: Actor) => Promise<unknown>): Handler => async (c) => {
@@ -217,8 +228,24 @@ function buildRoutes(service: FleetService, metrics: Metrics, o: { repo?: string
     const r = await service.authenticate(await parsed(c, S.authBody));
     return { status: r.status === 'pending' ? 202 : 200, body: r };
   });
-  add('POST', DEVICE_PATHS.checkIn, device(async (c, d) => service.checkIn(d, await parsed(c, S.checkInBody))));
+  // A device offered a release is told where the signed repository is: this server's copy (payloads
+  // possibly from a CDN), or, when the server has none, the one its own configuration names.
+  const location: RepositoryLocation | undefined = o.repo ? { url: DEVICE_PATHS.repo, ...(o.payloadsUrl ? { targetsUrl: o.payloadsUrl } : {}) } : undefined;
+  add('POST', DEVICE_PATHS.checkIn, device(async (c, d) => {
+    const r: CheckInResponse = await service.checkIn(d, await parsed(c, S.checkInBody));
+    return r.release && location ? { ...r, repository: location } : r;
+  }));
   add('POST', DEVICE_PATHS.reports, device(async (c, d) => service.report(d, await parsed(c, S.reportBody))));
+  if (o.repo) {
+    const dir = o.repo;
+    const repoFile: Handler = async (c) => {
+      await service.deviceOf(c.bearer);
+      // Not URL-decoded: repository file names are plain characters, anything else is not served.
+      const rel = new URL(c.req.url ?? '/', 'http://fleet.invalid').pathname.slice(DEVICE_PATHS.repo.length);
+      return { raw: (res) => serveRepoFile({ dir }, rel, c.req, res) } satisfies RawResult;
+    };
+    for (const method of ['GET', 'HEAD']) routes.push({ method, pattern: new RegExp(`^${DEVICE_PATHS.repo}(metadata|targets)/`), name: `${method} ${DEVICE_PATHS.repo}*`, handler: repoFile });
+  }
 
   add('GET', '/metrics', async (c) => {
     const actor = await service.adminOf(c.bearer);

@@ -135,7 +135,10 @@ export class FleetService {
   }
 
   async report(device: DeviceRow, req: ReportRequest): Promise<ReportResponse> {
-    const memberState = REPORT_TO_MEMBER[req.state];
+    // A failure counts once the device ran the release (its health checks failed on the new slot,
+    // or it fell back). 'failed' while still running another version is a download or install that
+    // stopped before the switch: the device stays a member in progress and is offered it again.
+    const memberState = req.state === 'failed' && req.running !== req.version ? undefined : REPORT_TO_MEMBER[req.state];
     const member = memberState && req.version ? await this.store.findMembership(device.id, req.version) : null;
     const inserted = await this.store.recordReport(
       { id: req.id, deviceId: device.id, state: req.state, version: req.version ?? null, running: req.running, slot: req.slot, reason: req.reason ?? null, receivedAt: this.now() },

@@ -73,7 +73,14 @@ export const imageSpecSchema = z.strictObject({
   /** The update agent (overlays/ota-agent): see docs/updates-agent.md. */
   update: z
     .strictObject({
+      /** The release repository (metadata/, targets/): the agent installs the newest release of its channel from there. */
       server: z.string().optional(),
+      /** A fleet server (`edgekit serve`) manages the device: it says which release to install and where the repository is. */
+      fleet: z
+        .strictObject({
+          server: z.string().regex(/^https?:\/\/[^/]/, 'an http:// or https:// URL'),
+        })
+        .optional(),
       channel: z.string().default('stable'),
       /** The release repository's metadata/root.json (relative to the spec): the keys the image trusts. */
       root: z.string().optional(),

@@ -9,7 +9,7 @@ import { SimDevice } from '../../src/ota/sim/device.js';
 import { simLayoutFromManifest } from '../../src/ota/sim/layout.js';
 import { createMetadataClient } from '../../src/ota/repo/index.js';
 import { parseAgentConfig, type AgentConfig, type AgentConfigInput } from '../../src/ota/agent/config.js';
-import { runAgentOnce, type AgentOutcome } from '../../src/ota/agent/agent.js';
+import { runAgentOnce, type AgentHost, type AgentOutcome } from '../../src/ota/agent/agent.js';
 import { createReporter, type Report } from '../../src/ota/agent/reports.js';
 import { httpTargetSource, type TargetSource } from '../../src/ota/agent/target-source.js';
 import type { StepDriver } from '../../src/ota/sim/step-driver.js';
@@ -35,7 +35,8 @@ export async function simAgentDevice(o: {
   versions: Map<string, string>;
   stateDir: string;
   trustedRoot: string;
-  server: string;
+  /** The release server; none for a device managed by a fleet server (give `config.fleet`). */
+  server?: string;
   config?: Partial<AgentConfigInput>;
   /** The board's boot chain; default systemd-boot. */
   chain?: SimBootChain;
@@ -75,6 +76,18 @@ export async function serviceReboot(s: SimAgentSetup): Promise<Booted> {
   return s.dev.reboot(await chooser.prepareReboot());
 }
 
+/** The running simulated device as the agent sees it; `healthy` decides its health checks. */
+export async function simHost(s: SimAgentSetup, healthy: (version: string) => boolean = () => true): Promise<AgentHost> {
+  const { version } = bootedVersion(s);
+  const sim = await s.dev.host();
+  return {
+    chooser: sim.chooser,
+    boot: sim.boot,
+    slotDevice: sim.slotDevice,
+    health: async () => (healthy(version) ? { ok: true } : { ok: false, reason: `test says ${version} is unhealthy` }),
+  };
+}
+
 /** One agent pass on the running simulated device. */
 export async function agentPass(
   s: SimAgentSetup,
@@ -82,7 +95,6 @@ export async function agentPass(
 ): Promise<AgentOutcome> {
   const { version } = bootedVersion(s);
   const config = { ...s.config(version), ...o.config } as AgentConfig;
-  const sim = await s.dev.host();
   const base = httpTargetSource(config.server!);
   const client = createMetadataClient({
     repoUrl: config.server!,
@@ -93,15 +105,9 @@ export async function agentPass(
     channel: config.channel,
     installedVersion: version,
   });
-  const healthy = o.healthy ?? (() => true);
   return runAgentOnce({
     config,
-    host: {
-      chooser: sim.chooser,
-      boot: sim.boot,
-      slotDevice: sim.slotDevice,
-      health: async () => (healthy(version) ? { ok: true } : { ok: false, reason: `test says ${version} is unhealthy` }),
-    },
+    host: await simHost(s, o.healthy),
     client,
     source: o.source ? o.source(base) : base,
     report: async (r) => {

@@ -16,6 +16,16 @@ export class FleetProtocolError extends Error {
   }
 }
 
+/** The server knows this device but an operator has not accepted it yet: ask again later. */
+export class DevicePendingError extends FleetProtocolError {
+  constructor(deviceId: string) {
+    super(403, `device ${deviceId} is waiting for acceptance`);
+  }
+}
+
+/** A token this close to its expiry is renewed before use rather than risk a 401 mid-download. */
+const RENEW_BEFORE_MS = 60_000;
+
 export interface FleetDeviceClientOptions {
   /** Server base URL, e.g. http://fleet.example:8080 */
   server: string;
@@ -29,6 +39,7 @@ export interface FleetDeviceClientOptions {
 
 export class FleetDeviceClient {
   private token: string | null = null;
+  private tokenExpires = 0;
   private readonly publicKeyPem: string;
 
   constructor(private readonly o: FleetDeviceClientOptions) {
@@ -44,7 +55,26 @@ export class FleetDeviceClient {
       ...(this.o.provisioningToken ? { provisioningToken: this.o.provisioningToken } : {}),
     }, false)) as AuthResponse;
     this.token = r.status === 'accepted' ? r.token : null;
+    // Kept on the monotonic clock: a device clock set by NTP after boot must not confuse it.
+    this.tokenExpires = r.status === 'accepted' ? performance.now() + r.expiresIn * 1000 : 0;
     return r.status;
+  }
+
+  /**
+   * A device token good for at least another minute, authenticating when needed: for requests
+   * this client does not make itself (the release repository's files on the same server).
+   */
+  async bearer(): Promise<string> {
+    if (!this.token || performance.now() > this.tokenExpires - RENEW_BEFORE_MS) {
+      this.token = null;
+      if ((await this.authenticate()) === 'pending') throw new DevicePendingError(this.o.deviceId);
+    }
+    return this.token!;
+  }
+
+  /** Forget the token (the server answered 401 to it): the next request authenticates again. */
+  dropToken(): void {
+    this.token = null;
   }
 
   checkIn(req: CheckInRequest): Promise<CheckInResponse> {
@@ -56,13 +86,13 @@ export class FleetDeviceClient {
   }
 
   private async authed(path: string, body: unknown): Promise<unknown> {
-    if (!this.token && (await this.authenticate()) === 'pending') throw new FleetProtocolError(403, `device ${this.o.deviceId} is waiting for acceptance`);
+    await this.bearer();
     try {
       return await this.post(path, body, true);
     } catch (err) {
       if (!(err instanceof FleetProtocolError) || err.status !== 401) throw err;
       this.token = null;
-      if ((await this.authenticate()) === 'pending') throw new FleetProtocolError(403, `device ${this.o.deviceId} is waiting for acceptance`);
+      await this.bearer();
       return this.post(path, body, true);
     }
   }

@@ -9,7 +9,8 @@
  *        -> 200 {status:'accepted', token, expiresIn} or 202 {status:'pending'} (waits for an operator)
  *      The signature covers authMessage(deviceId, nonce). The first auth of a device id binds its
  *      public key; later auths with another key are refused, so a device cannot act as another.
- *   3. Authorization: Bearer <token> on check-in and reports.
+ *   3. Authorization: Bearer <token> on check-in, reports and the release repository's files when
+ *      the server serves them (GET /v1/device/repo/metadata/..., /v1/device/repo/targets/...).
  */
 
 export const DEVICE_PATHS = {
@@ -17,6 +18,8 @@ export const DEVICE_PATHS = {
   auth: '/v1/device/auth',
   checkIn: '/v1/device/check-in',
   reports: '/v1/device/reports',
+  /** The release repository (metadata/ and targets/ under it), when the server serves one. */
+  repo: '/v1/device/repo/',
 } as const;
 
 /** The bytes a device signs: a fixed context string so a signature is never valid for anything else. */
@@ -61,9 +64,23 @@ export interface OfferedRelease {
   channel: string;
   rolloutId: string;
 }
+/**
+ * Where the signed release repository is. URLs may be relative to the fleet server's URL. The
+ * device verifies everything it fetches from there against the root keys its image trusts: the
+ * server's word only chooses among signed releases.
+ */
+export interface RepositoryLocation {
+  /** The repository: metadata/ and targets/ under it. */
+  url: string;
+  /** Where targets/ (the payloads) are instead, e.g. a static host or CDN holding a copy. */
+  targetsUrl?: string;
+}
+
 export interface CheckInResponse {
   /** The release to install, or null: stay where you are. */
   release: OfferedRelease | null;
+  /** With a release: where to fetch it. Absent: the repository the device's configuration names. */
+  repository?: RepositoryLocation;
 }
 
 /** The agent's report states (src/ota/agent/reports.ts). */

@@ -9,9 +9,34 @@ import { EdgekitError } from '../../util/errors.js';
 
 export const AGENT_CONFIG_PATH = '/etc/edgekit/update.json';
 
+const httpUrl = z.string().refine((u) => /^https?:\/\/[^/]/.test(u), 'an http:// or https:// URL');
+
+/**
+ * A fleet server (`edgekit serve`) manages this device: the agent authenticates with its own key,
+ * checks in, installs the release the server offers (verified against the trusted root as
+ * always) and sends its reports there, queued on /data until delivered.
+ */
+export const fleetConfigSchema = z.strictObject({
+  server: httpUrl,
+  /** The device's ed25519 private key (PKCS#8 PEM, mode 0600), made on first start; on /data so it survives updates. */
+  keyFile: z.string().default('/data/edgekit/device-key.pem'),
+  /** The config partition the flasher writes: `device-id`, `provisioning-token`. */
+  configDir: z.string().default('/config'),
+  /** Seconds before the next check-in while the device waits for acceptance or cannot reach the server; doubles up to checkInterval. */
+  retry: z.number().positive().default(30),
+  /** Reports kept until the server has them; beyond this the oldest progress reports are dropped first. */
+  queueLimit: z.number().int().min(8).max(10_000).default(200),
+});
+export type FleetConfig = z.infer<typeof fleetConfigSchema>;
+
 export const agentConfigSchema = z.strictObject({
-  /** Release repository URL (holding metadata/ and targets/); reports go to `${server}/reports`. */
-  server: z.string().optional(),
+  /**
+   * Release repository URL (holding metadata/ and targets/). Without `fleet`, the agent installs
+   * the newest release of its channel from there and POSTs reports to `${server}/reports`. With
+   * `fleet`, it is the repository used when the fleet server names none.
+   */
+  server: httpUrl.optional(),
+  fleet: fleetConfigSchema.optional(),
   channel: z.string().default('stable'),
   /** What this slot runs: the image's name, board and version. */
   name: z.string(),

@@ -64,7 +64,9 @@ export async function checkHealthOnce(config: AgentConfig, probes: HealthProbes)
     const r = await probes.command(h.command);
     if (r.code !== 0) return { ok: false, reason: `health command \`${h.command}\` exited ${r.code}${r.output ? `: ${r.output}` : ''}` };
   }
-  if (h.server && config.server && !(await probes.reachable(config.server))) return { ok: false, reason: `server ${config.server} unreachable` };
+  // The fleet server when the device has one (it hands out the releases), else the release server.
+  const server = config.fleet?.server ?? config.server;
+  if (h.server && server && !(await probes.reachable(server))) return { ok: false, reason: `server ${server} unreachable` };
   return { ok: true };
 }
 

@@ -9,6 +9,7 @@ import { createMetadataClient, type MetadataClient } from '../repo/index.js';
 import { runAgentOnce, type AgentHost, type AgentOutcome } from './agent.js';
 import type { AgentConfig } from './config.js';
 import { openDeviceHost, type DeviceHostOptions } from './device-host.js';
+import { FleetLink } from './fleet-link.js';
 import { createReporter, type Reporter } from './reports.js';
 import { dirTargetSource, httpTargetSource, type TargetSource } from './target-source.js';
 import { EdgekitError } from '../../util/errors.js';
@@ -25,6 +26,8 @@ export interface PassOptions {
   alive?: () => void;
   /** Receives what the reboot must pass the kernel ("0 tryboot"; undefined: nothing) when the pass asks for a reboot. */
   onReboot?: (argument: string | undefined) => void;
+  /** With a fleet server configured: the link (one per service, so its backoff carries over); made here when not given. */
+  fleet?: FleetLink;
 }
 
 export function metadataClientFor(config: AgentConfig, fromDir?: string): MetadataClient {
@@ -47,11 +50,27 @@ function serverOf(config: AgentConfig): string {
 }
 
 export async function runPass(o: PassOptions): Promise<AgentOutcome> {
+  const link = o.config.fleet ? (o.fleet ?? (await FleetLink.open(o.config, o.log))) : undefined;
   const host = o.host ?? (await openDeviceHost(o.config, o.device));
-  const source: TargetSource = o.fromDir ? dirTargetSource(o.fromDir) : httpTargetSource(serverOf(o.config));
-  const report: Reporter = createReporter({ server: o.fromDir ? undefined : o.config.server, log: o.log });
   try {
-    const outcome = await runAgentOnce({ config: o.config, host, client: metadataClientFor(o.config, o.fromDir), source, report, log: o.log, alive: o.alive });
+    let client: MetadataClient;
+    let source: TargetSource;
+    let report: Reporter;
+    if (o.fromDir) {
+      // Offline: the folder's releases; a fleet-managed device queues its reports for the next check-in.
+      client = metadataClientFor(o.config, o.fromDir);
+      source = dirTargetSource(o.fromDir);
+      report = link ? link.reporter({ queueOnly: true }) : createReporter({ log: o.log });
+    } else if (link) {
+      client = link.metadataClient(host.chooser);
+      source = link.targetSource();
+      report = link.reporter();
+    } else {
+      client = metadataClientFor(o.config);
+      source = httpTargetSource(serverOf(o.config));
+      report = createReporter({ server: o.config.server, log: o.log });
+    }
+    const outcome = await runAgentOnce({ config: o.config, host, client, source, report, log: o.log, alive: o.alive });
     if (outcome === 'reboot') {
       // The boot chain's last word before the reboot: tryboot spends a trial try and needs its flag set.
       const argument = await host.chooser.prepareReboot();
@@ -87,12 +106,14 @@ export function rebootDevice(log: (line: string) => void, argument?: string): Pr
 /** The service's main loop; it returns only when the device reboots. */
 export async function runService(config: AgentConfig, log: (line: string) => void): Promise<void> {
   const dog = startWatchdog(config.watchdog, log);
+  const fleet = config.fleet ? await FleetLink.open(config, log) : undefined;
+  if (fleet) log(`edgekit-agent: device ${fleet.deviceId} (id from ${fleet.identity.idSource === 'config' ? 'the config partition' : 'its key'}), managed by ${config.fleet!.server}`);
   for (;;) {
     dog.kick();
     let outcome: AgentOutcome;
     let rebootArgument: string | undefined;
     try {
-      outcome = await runPass({ config, log, alive: dog.kick, onReboot: (a) => (rebootArgument = a) });
+      outcome = await runPass({ config, log, alive: dog.kick, onReboot: (a) => (rebootArgument = a), fleet });
     } catch (err) {
       // Not a reason to stop the service: report on the console and try again at the next check.
       log(`edgekit-agent: ${err instanceof Error ? err.message : String(err)}`);
@@ -105,7 +126,7 @@ export async function runService(config: AgentConfig, log: (line: string) => voi
       await new Promise(() => {});
     }
     // A failure is retried sooner than the next regular check, but not in a tight loop.
-    const wait = outcome === 'failed' ? Math.min(config.checkInterval, 60) : config.checkInterval;
+    const wait = fleet ? fleet.nextWait(outcome) : outcome === 'failed' ? Math.min(config.checkInterval, 60) : config.checkInterval;
     await sleepKicking(wait * 1000, dog.kick);
   }
 }

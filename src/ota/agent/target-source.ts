@@ -31,12 +31,28 @@ export function targetFilePath(target: TargetInfo): string {
 }
 
 export function httpTargetSource(server: string): TargetSource {
-  const base = server.replace(/\/*$/, '/');
+  return httpTargetsSource({ targetsUrl: new URL('targets/', server.replace(/\/*$/, '/')).href, where: server });
+}
+
+export interface HttpTargetsOptions {
+  /** The URL of the repository's targets/ folder (on the release server, or a static host or CDN). */
+  targetsUrl: string;
+  /** For messages; default the targets URL. */
+  where?: string;
+  /** Extra request headers (a fleet server's device token); `renew` after a 401. */
+  headers?: (url: string, renew: boolean) => Promise<Record<string, string>>;
+}
+
+export function httpTargetsSource(o: HttpTargetsOptions): TargetSource {
+  const base = o.targetsUrl.replace(/\/*$/, '/');
+  let renew = false;
   return {
-    where: server,
+    where: o.where ?? o.targetsUrl,
     async openFrom(target, start, signal) {
-      const url = new URL(targetFilePath(target), base);
-      const res = await get(url, start > 0 ? { range: `bytes=${start}-` } : {}, signal);
+      const url = new URL(targetFilePath(target).slice('targets/'.length), base);
+      const extra = o.headers ? await o.headers(url.href, renew) : {};
+      renew = false;
+      const res = await get(url, { ...extra, ...(start > 0 ? { range: `bytes=${start}-` } : {}) }, signal);
       if (res.statusCode === 206 || (res.statusCode === 200 && start === 0)) return res;
       if (res.statusCode === 200) {
         // A server without range support sends it all: skip what is already here.
@@ -45,6 +61,11 @@ export function httpTargetSource(server: string): TargetSource {
       res.resume();
       const status = res.statusCode ?? 0;
       const msg = `${url.href}: HTTP ${status}`;
+      // A token that expired during a long download: the next attempt asks for a fresh one.
+      if (status === 401 && o.headers) {
+        renew = true;
+        throw new TransientError(msg);
+      }
       if (status >= 500 || status === 408 || status === 429) throw new TransientError(msg);
       throw new EdgekitError(msg);
     },

@@ -17,7 +17,7 @@ import { writeAtomic } from '../../util/atomic.js';
 import { METADATA_DIR, TARGETS_DIR } from './layout.js';
 import { ISSUED_FIELD } from './metadata-files.js';
 import { compareVersions, type ReleaseCustom } from './release-info.js';
-import { DirFetcher, verifiedStream } from './fetchers.js';
+import { DirFetcher, HeaderFetcher, verifiedStream, type RequestHeaders } from './fetchers.js';
 import { latest, raiseTrustedTime, readTrustedTime } from './trusted-time.js';
 import { DEFAULT_CHANNEL, customOf } from './publish.js';
 
@@ -26,6 +26,10 @@ export interface MetadataClientOptions {
   repoUrl?: string;
   /** Or a local folder holding the repository. */
   repoDir?: string;
+  /** With repoUrl: where targets/ is when not beside metadata/ (a static host or CDN). */
+  targetsUrl?: string;
+  /** With repoUrl: extra request headers (a fleet server's device token); see HeaderFetcher. */
+  headers?: RequestHeaders;
   /** The root metadata the device was built with (the first one it trusts). */
   trustedRoot: string;
   /** Where the last accepted metadata and the trusted time are kept (survives reboots). */
@@ -36,6 +40,11 @@ export interface MetadataClientOptions {
   channel?: string;
   /** The version running now: only a higher one is offered. */
   installedVersion?: string;
+  /**
+   * This release and no other (the one a fleet server chose), on whichever channel it was
+   * published; it must still be signed for this board and image, and higher than the installed one.
+   */
+  version?: string;
   /** The device clock; default the system clock. */
   clock?: () => Date;
   /** A time the device knows has passed, e.g. its image's build time (SOURCE_DATE_EPOCH). */
@@ -83,10 +92,15 @@ interface UpdaterInternals {
 export function createMetadataClient(o: MetadataClientOptions): MetadataClient {
   if (!o.repoUrl === !o.repoDir) throw new EdgekitError('metadata client: give exactly one of repoUrl and repoDir');
   const base = o.repoUrl ? o.repoUrl.replace(/\/*$/, '/') : pathToFileURL(resolve(o.repoDir!)).href + '/';
+  const targetsBase = o.targetsUrl ? o.targetsUrl.replace(/\/*$/, '/') : base + TARGETS_DIR + '/';
   const where = o.repoUrl ?? o.repoDir!;
   const metadataDir = join(o.stateDir, METADATA_DIR);
   const clock = o.clock ?? (() => new Date());
-  const fetcher: BaseFetcher = o.repoUrl ? new DefaultFetcher({ userAgent: 'edgekit', timeout: 60_000, retry: 2 }) : new DirFetcher();
+  const fetcher: BaseFetcher = !o.repoUrl
+    ? new DirFetcher()
+    : o.headers
+      ? new HeaderFetcher(o.headers, { userAgent: 'edgekit', timeoutMs: 60_000, retries: 2 })
+      : new DefaultFetcher({ userAgent: 'edgekit', timeout: 60_000, retry: 2 });
   let verified: { updater: Updater; targets: Targets } | undefined;
 
   async function referenceTime(): Promise<Date> {
@@ -101,7 +115,7 @@ export function createMetadataClient(o: MetadataClientOptions): MetadataClient {
     const updater = new Updater({
       metadataDir,
       metadataBaseUrl: base + METADATA_DIR,
-      targetBaseUrl: base + TARGETS_DIR,
+      targetBaseUrl: targetsBase.slice(0, -1),
       fetcher,
       config: { fetchTimeout: 60_000 },
     });
@@ -118,7 +132,7 @@ export function createMetadataClient(o: MetadataClientOptions): MetadataClient {
     await raiseTrustedTime(o.stateDir, latest(now, Number.isNaN(issued.getTime()) ? undefined : issued));
     const targets = set.targets!.signed;
     verified = { updater, targets };
-    const release = pickRelease(targets, o);
+    const release = o.version ? chosenRelease(targets, o, o.version, where) : pickRelease(targets, o);
     if (!release) return null;
     const info = (path: string | undefined): TargetInfo | undefined => {
       if (!path) return undefined;
@@ -164,7 +178,7 @@ export function createMetadataClient(o: MetadataClientOptions): MetadataClient {
   async function open(target: TargetInfo): Promise<Readable> {
     const t = trusted(target);
     const slash = t.path.lastIndexOf('/');
-    const url = `${base}${TARGETS_DIR}/${t.path.slice(0, slash + 1)}${t.hashes.sha256}.${t.path.slice(slash + 1)}`;
+    const url = `${targetsBase}${t.path.slice(0, slash + 1)}${t.hashes.sha256}.${t.path.slice(slash + 1)}`;
     const body = await (fetcher as BaseFetcher & { fetch(url: string): Promise<ReadableStream<Uint8Array>> }).fetch(url).catch((err: unknown) => {
       throw new EdgekitError(`${url}: download failed: ${reasonOf(err)}`);
     });
@@ -195,6 +209,20 @@ function pickRelease(targets: Targets, o: MetadataClientOptions): { path: string
   }
   if (best && o.installedVersion && compareVersions(best.custom.version, o.installedVersion) <= 0) return undefined;
   return best;
+}
+
+/** The release a fleet server named, refused unless the signed metadata has it for this device. */
+function chosenRelease(targets: Targets, o: MetadataClientOptions, version: string, where: string): { path: string; custom: ReleaseCustom } {
+  const found = Object.entries(targets.targets)
+    .map(([path, t]) => ({ path, custom: customOf(t) }))
+    .filter((r): r is { path: string; custom: ReleaseCustom } => r.custom?.kind === 'release' && r.custom.board === o.board && (!o.name || r.custom.name === o.name) && r.custom.version === version)
+    // Published on several channels (unusual): the device's own channel first.
+    .sort((a, b) => Number(b.custom.channel === (o.channel ?? DEFAULT_CHANNEL)) - Number(a.custom.channel === (o.channel ?? DEFAULT_CHANNEL)));
+  if (!found.length) throw new EdgekitError(`${where}: release ${version} (offered by the fleet server) is not in the signed metadata for ${o.name ?? 'this image'} on ${o.board}`);
+  if (o.installedVersion && compareVersions(version, o.installedVersion) <= 0) {
+    throw new EdgekitError(`release ${version} (offered by the fleet server) is not newer than the installed ${o.installedVersion}: refused (a rollback is the old release published again under a higher version)`);
+  }
+  return found[0];
 }
 
 function internals(u: Updater): UpdaterInternals {

@@ -25,6 +25,48 @@ export class DirFetcher extends BaseFetcher {
 }
 
 /**
+ * Extra headers for a request to `url`; `renew` is true when the server refused the last ones
+ * (401: an expired token), so fresh ones are wanted.
+ */
+export type RequestHeaders = (url: string, renew: boolean) => Promise<Record<string, string>>;
+
+/**
+ * tuf-js's fetcher with extra request headers (a fleet server's device token). Like tuf-js's own,
+ * it uses the global fetch (the device bundle's is lean-fetch over node:http), retries network
+ * errors and 5xx answers, and reports other HTTP errors as DownloadHTTPError (a 404 ends tuf-js's
+ * walk through root versions). A 401 is asked again once with renewed headers.
+ */
+export class HeaderFetcher extends BaseFetcher {
+  constructor(
+    private readonly headers: RequestHeaders,
+    private readonly o: { userAgent: string; timeoutMs: number; retries: number },
+  ) {
+    super();
+  }
+
+  async fetch(url: string): Promise<ReadableStream<Uint8Array<ArrayBuffer>>> {
+    let renew = false;
+    for (let attempt = 0; ; attempt++) {
+      let res: Response;
+      try {
+        res = await fetch(url, { headers: { 'user-agent': this.o.userAgent, ...(await this.headers(url, renew)) }, signal: AbortSignal.timeout(this.o.timeoutMs) });
+      } catch (err) {
+        if (attempt < this.o.retries) continue;
+        throw err;
+      }
+      if (res.ok && res.body) return res.body as ReadableStream<Uint8Array<ArrayBuffer>>;
+      await res.body?.cancel().catch(() => {});
+      if (res.status === 401 && !renew) {
+        renew = true;
+        continue;
+      }
+      if (res.status >= 500 && attempt < this.o.retries) continue;
+      throw new DownloadHTTPError(`${url}: HTTP ${res.status}`, res.status);
+    }
+  }
+}
+
+/**
  * A stream of `body` that fails as soon as more than `length` bytes arrive, and at the end unless
  * exactly `length` bytes with the given sha256 came. A consumer must treat the data as untrusted
  * until the stream ends without an error.
