@@ -15,7 +15,7 @@ import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync } fr
 import { execFileSync, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { REPO, testDir, type BuiltImage } from './helpers/built-images.js';
+import { REPO, edgekit, testDir, type BuiltImage } from './helpers/built-images.js';
 import { gatewayImages } from './helpers/ota-repo-fixtures.js';
 import { agentRepo, bundleAgent, type AgentRepo } from './helpers/ota-agent-images.js';
 import { bootedVersion, simAgentDevice, simHost, type SimAgentSetup } from './helpers/ota-agent-sim.js';
@@ -29,7 +29,9 @@ import { makeDelta } from '../src/ota/delta/index.js';
 import { publishRelease } from '../src/ota/repo/index.js';
 import { runPass } from '../src/ota/agent/service.js';
 import { FleetLink } from '../src/ota/agent/fleet-link.js';
-import { deviceIdFromKey } from '../src/ota/agent/device-identity.js';
+import { deviceIdFromKey, loadDeviceIdentity } from '../src/ota/agent/device-identity.js';
+import { RefusedReport, ReportQueue } from '../src/ota/agent/report-queue.js';
+import type { ReportRequest } from '../src/fleet/protocol/messages.js';
 import { FleetDeviceClient } from '../src/fleet/protocol/client.js';
 import { deviceBucket, stageOfBucket } from '../src/fleet/rollout.js';
 import { agentConfigFor, agentConfigText } from '../src/build/update-config.js';
@@ -338,6 +340,21 @@ describe('the fleet server\'s side of the device protocol', () => {
     }
   });
 
+  it('edgekit serve refuses a bad repository setting with one line naming it, before listening', async () => {
+    const empty = join(dir, 'not-a-repo');
+    mkdirSync(empty, { recursive: true });
+    for (const [args, message] of [
+      [['--repo', empty], `edgekit: --repo ${empty}: no metadata/root.json there (make one with edgekit repo init)`],
+      [['--payloads-url', 'https://cdn.example/targets/'], 'edgekit: --payloads-url needs --repo (the server hands out the metadata, the payloads come from there)'],
+      [['--repo', repo.repo, '--payloads-url', 'ftp://cdn.example/targets/'], 'edgekit: --payloads-url: not an http(s) URL: ftp://cdn.example/targets/'],
+    ] as const) {
+      const r = await edgekit(['serve', '--db', join(dir, 'bad-serve.db'), '--port', '0', ...args]);
+      expect(r.code, r.stderr).toBe(1);
+      expect(r.stderr.trim()).toBe(message);
+      expect(r.stdout).not.toMatch(/listening/);
+    }
+  });
+
   it('a download that failed before the switch keeps the device in the rollout; a rollback counts as a failure', async () => {
     const { rolloutId, token } = await rolloutChannel('failures');
     const client = new FleetDeviceClient({ server: url, deviceId: 'fail-0001', privateKey: generateKeyPairSync('ed25519').privateKey, provisioningToken: token });
@@ -350,6 +367,56 @@ describe('the fleet server\'s side of the device protocol', () => {
     await client.report({ id: 'f3', state: 'rolled-back', version: '1.1', running: '1.0', slot: 'a' });
     expect(await member(rolloutId, 'fail-0001')).toBe('failed');
     expect((await client.checkIn(at)).release).toBeNull();
+  });
+});
+
+describe('the agent\'s fleet parts on their own', () => {
+  it('the report queue is bounded (progress reports go first), survives a new process, and stops at the first report it cannot deliver', async () => {
+    const file = join(dir, 'queue-unit', 'reports.json');
+    const logged: string[] = [];
+    const q = new ReportQueue(file, 8, (l) => logged.push(l));
+    const states: ReportRequest['state'][] = ['downloading', 'installing', 'rebooting', 'failed', 'downloading', 'installing', 'rebooting', 'committed', 'downloading', 'rolled-back'];
+    for (const [i, state] of states.entries()) await q.add({ state, version: `1.${i}`, running: '1.0', slot: 'a' });
+    const kept = JSON.parse(readFileSync(file, 'utf8')) as ReportRequest[];
+    expect(kept.map((r) => r.version)).toEqual(['1.2', '1.3', '1.4', '1.5', '1.6', '1.7', '1.8', '1.9']);
+    expect(new Set(kept.map((r) => r.id)).size).toBe(8);
+    expect(logged.filter((l) => /report queue full \(8\): dropped the (downloading 1\.0|installing 1\.1)/.test(l))).toHaveLength(2);
+    // Full of outcomes: the oldest goes.
+    const outcomes = new ReportQueue(join(dir, 'queue-unit', 'outcomes.json'), 8);
+    for (let i = 0; i < 9; i++) await outcomes.add({ state: 'failed', version: `2.${i}`, running: '1.0', slot: 'a' });
+    expect((await outcomes.pending()).map((r) => r.version)[0]).toBe('2.1');
+
+    // Another process: the same queue from the file. The server takes two, refuses one as malformed, then is gone.
+    const again = new ReportQueue(file, 8, (l) => logged.push(l));
+    const sent: string[] = [];
+    const r = await again.flush(async (rep) => {
+      if (sent.length === 3) throw new Error('connect ECONNREFUSED');
+      sent.push(rep.version!);
+      if (rep.version === '1.3') throw new RefusedReport('HTTP 400: reason: too long');
+    });
+    expect(r).toMatchObject({ delivered: 2, refused: 1, left: 5 });
+    expect(r.error?.message).toBe('connect ECONNREFUSED');
+    expect((JSON.parse(readFileSync(file, 'utf8')) as ReportRequest[]).map((x) => x.version)).toEqual(['1.5', '1.6', '1.7', '1.8', '1.9']);
+  });
+
+  it('identity: the key is made once and kept; a damaged key or device-id is an error naming the file, never replaced', async () => {
+    const home = join(dir, 'identity-unit');
+    const o = { keyFile: join(home, 'data', 'device-key.pem'), configDir: join(home, 'config') };
+    mkdirSync(o.configDir, { recursive: true });
+    const first = await loadDeviceIdentity(o);
+    expect(first).toMatchObject({ created: true, idSource: 'key' });
+    expect(first.deviceId).toMatch(/^ed25519-[0-9a-f]{32}$/);
+    const second = await loadDeviceIdentity(o);
+    expect(second).toMatchObject({ created: false, deviceId: first.deviceId });
+    writeFileSync(join(o.configDir, 'device-id'), 'gw 7\n');
+    await expect(loadDeviceIdentity(o)).rejects.toThrow(`${join(o.configDir, 'device-id')}: not a valid device-id`);
+    writeFileSync(join(o.configDir, 'device-id'), 'gw-7\r\n');
+    writeFileSync(join(o.configDir, 'provisioning-token'), 'prov_abc\n');
+    expect(await loadDeviceIdentity(o)).toMatchObject({ deviceId: 'gw-7', idSource: 'config', provisioningToken: 'prov_abc' });
+    const pem = readFileSync(o.keyFile);
+    writeFileSync(o.keyFile, pem.subarray(0, 40));
+    await expect(loadDeviceIdentity(o)).rejects.toThrow(`${o.keyFile}: not a private key`);
+    expect(readFileSync(o.keyFile)).toEqual(pem.subarray(0, 40));
   });
 });
 

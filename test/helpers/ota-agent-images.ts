@@ -41,18 +41,25 @@ export function bundleAgent(): void {
 
 export interface AgentImageOptions {
   version: string;
-  server: string;
+  /** The release server (static repository mode)... */
+  server?: string;
+  /** ...or the fleet server that manages the device (update.fleet.server). */
+  fleet?: string;
   health?: UpdateSection['health'];
   checkInterval?: number;
   hostname?: string;
 }
 
-/** gateway.yml + nodejs + ota-agent, at `version`, updating from `server`. */
+/** gateway.yml + nodejs + ota-agent, at `version`, updating from `server` or managed by `fleet`. */
 export async function agentImage(repo: AgentRepo, o: AgentImageOptions): Promise<BuiltImage> {
   bundleAgent();
   const base = readFileSync(join(REPO, 'examples', 'gateway.yml'), 'utf8');
   // The builder writes update.json and root.json itself from the spec's update: section.
-  const update: UpdateSection = { server: o.server, channel: 'stable', root: repo.root, checkInterval: o.checkInterval ?? 15, ...(o.health ? { health: o.health } : {}) };
+  const update: UpdateSection = {
+    ...(o.server ? { server: o.server } : {}),
+    ...(o.fleet ? { fleet: { server: o.fleet } } : {}),
+    channel: 'stable', root: repo.root, checkInterval: o.checkInterval ?? 15, ...(o.health ? { health: o.health } : {}),
+  };
   let spec = base
     .replace(/^version: .*$/m, `version: "${o.version}"`)
     .replace(/^hostname: .*$/m, `hostname: ${o.hostname ?? `gateway-${o.version.replace(/\W/g, '-')}`}`)

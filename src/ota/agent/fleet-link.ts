@@ -96,7 +96,14 @@ export class FleetLink {
     return async (r) => {
       this.log(reportLine(r));
       if (r.state === 'checking') return;
-      await this.queue.add(toProtocolReport(r));
+      try {
+        await this.queue.add(toProtocolReport(r));
+      } catch (err) {
+        // /data full or failing: still try to tell the server, once, rather than fail the update.
+        this.log(`edgekit-agent: cannot queue the report on ${this.queue.file}: ${(err as Error).message}; sending it without queueing`);
+        if (!o.queueOnly) await this.client.report({ ...toProtocolReport(r), id: ReportQueue.newId() }).catch((e: Error) => this.log(`edgekit-agent: report not delivered: ${e.message}`));
+        return;
+      }
       if (!o.queueOnly) await this.deliver();
     };
   }
@@ -219,7 +226,9 @@ export class FleetLink {
   };
 
   private resolve(url: string): string {
-    return new URL(url, this.config.fleet.server.replace(/\/*$/, '/')).href;
+    const u = new URL(url, this.config.fleet.server.replace(/\/*$/, '/'));
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new EdgekitError(`the fleet server names a repository at ${u.href}: not an http(s) URL`);
+    return u.href;
   }
 
   private noteFailure(err: Error): void {
