@@ -123,7 +123,9 @@ describe('update agent under QEMU, managed by edgekit serve on the host', () => 
     const fleet = `http://10.0.2.2:${port}`;
     const healthy = { processes: ['dropbear'], server: true, timeout: 120 };
     v1 = (await agentImage(repo, { version: '1.0', fleet, health: healthy })).image;
-    await publish(repo, (await agentImage(repo, { version: '1.1', fleet, health: healthy })).image, '1.1');
+    // With a root delta from 1.0, fetched through the server's repository route with the device's token.
+    await publish(repo, v1, '1.0');
+    await publish(repo, (await agentImage(repo, { version: '1.1', fleet, health: healthy })).image, '1.1', ['--delta-from', '1.0']);
   }, 900_000);
 
   afterAll(async () => {
@@ -150,7 +152,7 @@ describe('update agent under QEMU, managed by edgekit serve on the host', () => 
       await vm.waitFor(/edgekit-agent: made this device's key pair: \/data\/edgekit\/device-key\.pem/, 300_000);
       await vm.waitFor(/edgekit-agent: device qemu-gw-0001 \(id from the config partition\), managed by http:\/\/10\.0\.2\.2:\d+/, 60_000);
       await vm.waitFor(/edgekit-agent: the fleet server offers 1\.1 \(rollout ro_[0-9a-f]+\)/, 120_000);
-      await vm.waitFor(/edgekit-agent: downloading 1\.1 bytes=\d+ method=full slot=a running=1\.0/, 120_000);
+      await vm.waitFor(/edgekit-agent: downloading 1\.1 bytes=\d+ method=delta slot=a running=1\.0/, 120_000);
       await vm.waitFor(/edgekit-agent: rebooting 1\.1/, 600_000);
       await vm.waitFor(/root of slot b verified by dm-verity/, 240_000);
       await vm.waitFor(/edgekit-agent: committed 1\.1 slot=b running=1\.1/, 300_000);
@@ -173,8 +175,12 @@ describe('update agent under QEMU, managed by edgekit serve on the host', () => 
     expect(reports).toEqual(['downloading 1.1@a', 'installing 1.1@a', 'rebooting 1.1@a', 'committed 1.1@b']);
     const status = await ok('GET', `/v1/admin/rollouts/${rollout.id}`);
     expect(status).toMatchObject({ state: 'completed', counts: { succeeded: 1, failed: 0 } });
-    // The payload came from the server's copy of the repository.
+    // The metadata and the delta came from the server's copy of the repository.
     const metrics = (await api(server.url, admin, 'GET', '/metrics')).body as string;
     expect(metrics).toMatch(/edgekit_fleet_http_requests_total\{route="GET \/v1\/device\/repo\/\*",code="20[06]"\} [1-9]/);
+    const d2 = new Database(db, { readonly: true, fileMustExist: true });
+    const reason = (d2.prepare("SELECT reason FROM reports WHERE device_id = 'qemu-gw-0001' AND state = 'downloading'").get() as { reason: string }).reason;
+    d2.close();
+    expect(reason).toMatch(/^\d+ bytes \(delta\)$/);
   }, 3_600_000);
 });
