@@ -15,6 +15,7 @@ import { REPO, edgekit, testDir } from './helpers/built-images.js';
 import { gatewayImages } from './helpers/ota-repo-fixtures.js';
 import { bundleAgent } from './helpers/ota-agent-images.js';
 import { extractRange, sh } from './helpers/image-bytes.js';
+import { peakRss, writeRssProbe } from './helpers/rss-probe.js';
 import { mtoolsPaths, mtoolsRead } from './helpers/fat-tools.js';
 import { makeDelta } from '../src/ota/delta/index.js';
 import { publishRelease } from '../src/ota/repo/index.js';
@@ -56,8 +57,7 @@ async function prepare(name: string) {
   writeFileSync(join(dir, 'update.json'), JSON.stringify(config));
 
   // Peak RSS of the whole process, as the kernel counts it, printed when node exits.
-  const probe = join(dir, 'rss-probe.mjs');
-  writeFileSync(probe, "process.on('exit', () => process.stderr.write(`maxrss-kib=${process.resourceUsage().maxRSS}\\n`));\n");
+  const probe = writeRssProbe(dir);
   bundleAgent();
   const agent = join(REPO, 'overlays', 'ota-agent', 'files', 'usr', 'lib', 'edgekit', 'agent.mjs');
   expect(existsSync(agent)).toBe(true);
@@ -104,7 +104,7 @@ describe('bundled agent, offline update from a folder', () => {
     const dl = /edgekit-agent: downloading 1\.1 bytes=(\d+) method=delta slot=a running=1\.0/.exec(out);
     expect(dl, out).toBeTruthy();
     expect(out).toMatch(/edgekit-agent: rebooting 1\.1 slot=a running=1\.0: slot b is tried on the next boot \(3 tries\)/);
-    const rss = Number(/maxrss-kib=(\d+)/.exec(out)![1]) * 1024;
+    const rss = peakRss(out);
     expect(rss).toBeLessThan(96 * MiB);
     // The delta and the boot files: not the full payload.
     expect(Number(dl![1])).toBe(deltaBytes + bootBytes);

@@ -21,6 +21,7 @@ import { agentRepo, bundleAgent, type AgentRepo } from './helpers/ota-agent-imag
 import { bootedVersion, simAgentDevice, simHost, type SimAgentSetup } from './helpers/ota-agent-sim.js';
 import { adminToken, api, startServerProcess, type ServerProcess } from './helpers/fleet-server.js';
 import { extractRange, sh } from './helpers/image-bytes.js';
+import { peakRss, writeRssProbe } from './helpers/rss-probe.js';
 import { mtoolsPaths } from './helpers/fat-tools.js';
 import { freePort } from './helpers/qemu-image.js';
 import { verifyVerity } from '../src/fs/verity.js';
@@ -446,7 +447,7 @@ describe('bundled agent (agent.mjs) managed by edgekit serve', () => {
     const released = join(repo.repo, 'targets', 'gateway', 'qemu-x86_64', '1.1');
     const size = (re: RegExp) => statSync(join(released, readdirSync(released).find((f) => re.test(f))!)).size;
     expect(Number(dl![1])).toBe(deltaBytes + size(/\.vmlinuz$/) + size(/\.initrd\.img$/));
-    const rss = Number(/maxrss-kib=(\d+)/.exec(text)![1]) * 1024;
+    const rss = peakRss(text);
     process.stdout.write(`bundled agent, fleet pass applying a delta: peak RSS ${(rss / MiB).toFixed(1)} MiB\n`);
     expect(rss).toBeLessThan(96 * MiB);
     expect(storedReports('gw-bundle-0001')).toEqual(['downloading 1.1@a', 'installing 1.1@a', 'rebooting 1.1@a']);
@@ -495,8 +496,7 @@ const sha256Of = (file: string) => createHash('sha256').update(readFileSync(file
 function bundled(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
   bundleAgent();
   const agent = join(REPO, 'overlays', 'ota-agent', 'files', 'usr', 'lib', 'edgekit', 'agent.mjs');
-  const probe = join(dir, 'rss-probe.mjs');
-  writeFileSync(probe, "process.on('exit', () => process.stderr.write(`maxrss-kib=${process.resourceUsage().maxRSS}\\n`));\n");
+  const probe = writeRssProbe(dir);
   const service = /command: (.*) exec \/usr\/bin\/node (.*) \/usr\/lib\/edgekit\/agent\.mjs/.exec(readFileSync(join(REPO, 'overlays', 'ota-agent', 'overlay.yml'), 'utf8'))!;
   const env = Object.fromEntries(service[1].split(' ').map((kv) => kv.split('=')));
   return new Promise((resolve) => {
