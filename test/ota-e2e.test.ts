@@ -156,8 +156,9 @@ describe('update agent under QEMU, managed by edgekit serve on the host', () => 
       await vm.waitFor(/edgekit-agent: rebooting 1\.1/, 600_000);
       await vm.waitFor(/root of slot b verified by dm-verity/, 240_000);
       await vm.waitFor(/edgekit-agent: committed 1\.1 slot=b running=1\.1/, 300_000);
-      // The check-in right after the commit tells the server what runs now.
-      for (let i = 0; i < 120 && (await ok('GET', '/v1/admin/devices/qemu-gw-0001')).version !== '1.1'; i++) await new Promise((r) => setTimeout(r, 500));
+      // The check-in right after the commit tells the server the boot chain's view (the committed
+      // report alone already moves the inventory's version and slot).
+      for (let i = 0; i < 120 && (await ok('GET', '/v1/admin/devices/qemu-gw-0001')).slotState?.b !== 'good'; i++) await new Promise((r) => setTimeout(r, 500));
     } finally {
       await vm.stop();
     }
