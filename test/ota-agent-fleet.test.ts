@@ -345,7 +345,7 @@ describe('the fleet server\'s side of the device protocol', () => {
     const empty = join(dir, 'not-a-repo');
     mkdirSync(empty, { recursive: true });
     for (const [args, message] of [
-      [['--repo', empty], `edgekit: --repo ${empty}: no metadata/root.json there (make one with edgekit repo init)`],
+      [['--repo', empty], `edgekit: --repo ${empty}: not a release repository (no metadata/timestamp.json; make one with edgekit repo init)`],
       [['--payloads-url', 'https://cdn.example/targets/'], 'edgekit: --payloads-url needs --repo (the server hands out the metadata, the payloads come from there)'],
       [['--repo', repo.repo, '--payloads-url', 'ftp://cdn.example/targets/'], 'edgekit: --payloads-url: not an http(s) URL: ftp://cdn.example/targets/'],
     ] as const) {
