@@ -40,6 +40,14 @@ class SqliteStore implements FleetStore {
   private readonly stmts = new Map<string, Database.Statement>();
   /** Check-ins received in this turn of the event loop, committed together (see recordCheckIn). */
   private checkIns: PendingCheckIn[] = [];
+  /**
+   * listRollouts answers by query, frozen, while the rollouts table is unchanged: every check-in
+   * asks for its channel's live rollouts, which change a few times a day. Cleared by this store's
+   * own writes to rollouts (every method that writes that table calls rolloutsChanged) and when
+   * SQLite's data_version says another connection committed to the file.
+   */
+  private rolloutCache = new Map<string, readonly RolloutRow[]>();
+  private rolloutCacheDataVersion: unknown = null;
   constructor(private readonly db: Database.Database) {}
 
   private q(sql: string): Database.Statement {
@@ -200,6 +208,7 @@ class SqliteStore implements FleetStore {
   }
 
   async insertRollout(r: RolloutRow): Promise<void> {
+    this.rolloutsChanged();
     this.q(`INSERT INTO rollouts (id, version, channel, filter, stages, max_failure_ratio, min_success_ratio, windows, state, stage, stage_started_at, reason, created_at)
       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
       .run(r.id, r.version, r.channel, json(r.filter), json(r.stages), r.maxFailureRatio, r.minSuccessRatio, windowsColumn(r.windows),
@@ -212,16 +221,30 @@ class SqliteStore implements FleetStore {
   }
 
   async listRollouts(q: { channel?: string; states?: RolloutState[] } = {}): Promise<RolloutRow[]> {
-    // Filtered in SQL: every check-in asks for its channel's live rollouts, and parsing the rows of
-    // every other rollout ever made cost more than the query.
-    const where: string[] = [];
-    const args: unknown[] = [];
-    if (q.channel !== undefined) (where.push('channel = ?'), args.push(q.channel));
-    if (q.states) (where.push(q.states.length ? `state IN (${q.states.map(() => '?').join(', ')})` : '0'), args.push(...q.states));
-    return (this.q(`SELECT * FROM rollouts ${where.length ? `WHERE ${where.join(' AND ')} ` : ''}ORDER BY created_at, id`).all(...args) as Row[]).map(rolloutOf);
+    const dataVersion = this.q(`PRAGMA data_version`).pluck().get();
+    if (dataVersion !== this.rolloutCacheDataVersion) this.rolloutsChanged(dataVersion);
+    const key = `${q.channel ?? ''}\n${q.states?.join(',') ?? '*'}\n${q.channel === undefined}`;
+    let rows = this.rolloutCache.get(key);
+    if (!rows) {
+      // Filtered in SQL: parsing the rows of every other rollout ever made cost more than the query.
+      const where: string[] = [];
+      const args: unknown[] = [];
+      if (q.channel !== undefined) (where.push('channel = ?'), args.push(q.channel));
+      if (q.states) (where.push(q.states.length ? `state IN (${q.states.map(() => '?').join(', ')})` : '0'), args.push(...q.states));
+      const sql = `SELECT * FROM rollouts ${where.length ? `WHERE ${where.join(' AND ')} ` : ''}ORDER BY created_at, id`;
+      rows = Object.freeze((this.q(sql).all(...args) as Row[]).map((r) => deepFreeze(rolloutOf(r))));
+      this.rolloutCache.set(key, rows);
+    }
+    return rows.slice();
+  }
+
+  private rolloutsChanged(dataVersion: unknown = this.rolloutCacheDataVersion): void {
+    this.rolloutCache.clear();
+    this.rolloutCacheDataVersion = dataVersion;
   }
 
   async transitionRollout(id: string, expect: Pick<RolloutRow, 'state' | 'stage'>, patch: RolloutPatch, audit: Omit<AuditRow, 'seq'> | null): Promise<boolean> {
+    this.rolloutsChanged();
     const keys = Object.keys(patch).filter((k) => k in ROLLOUT_PATCH_COLUMNS) as Array<keyof RolloutPatch>;
     return this.db.transaction(() => {
       const changed = this.db.prepare(`UPDATE rollouts SET ${keys.map((k) => `${ROLLOUT_PATCH_COLUMNS[k]} = ?`).join(', ') || 'id = id'} WHERE id = ? AND state = ? AND stage = ?`)
@@ -326,4 +349,13 @@ class SqliteStore implements FleetStore {
   async reportCountsByState(): Promise<Record<string, number>> {
     return Object.fromEntries((this.q(`SELECT state, COUNT(*) AS n FROM reports GROUP BY state ORDER BY state`).all() as Row[]).map((r) => [String(r.state), Number(r.n)]));
   }
+}
+
+/** Rows handed out from a cache are frozen, so a caller that changes one fails at once instead of changing it for every later caller. */
+function deepFreeze<T>(v: T): T {
+  if (v && typeof v === 'object' && !Object.isFrozen(v)) {
+    for (const x of Object.values(v)) deepFreeze(x);
+    Object.freeze(v);
+  }
+  return v;
 }
