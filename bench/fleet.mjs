@@ -72,7 +72,7 @@ const cleanups = [];
 const results = [];
 const notes = [];
 try {
-  console.log(`edgekit fleet benchmark: node ${process.version}, ${cpus().length} CPUs, load average ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
+  console.log(`edgekit fleet benchmark: node ${process.version}, ${cpus().length} CPUs, load average ${loadavg().map((l) => l.toFixed(1)).join(' ')}${await cpuPressure()}`);
   console.log(`${num.devices} devices, ${num.workers} load-generator processes; ${num.connections} keep-alive connections; closed loop: one check-in in flight on each; fixed rate: ${num.rate}/s; ${num.seconds} s each after ${num.warmup} s of warm-up\n`);
 
   results.push(...(await measure('ceiling (node:http, fixed JSON)', await startCeiling(), null)));
@@ -87,12 +87,13 @@ try {
     say('starting a throwaway PostgreSQL cluster on 127.0.0.1');
     const pg = await startPgCluster(bin);
     cleanups.push(() => pg.stop());
+    notes.push(`PostgreSQL: ${pg.version}, a fresh cluster with the package's default settings (fsync and synchronous_commit on)`);
     const server = await startEdgekit('postgres', pg.url);
     server.cpuRoots.push(pg.pid);
     results.push(...(await measure('edgekit serve, PostgreSQL', server, 'postgres')));
   }
 
-  report();
+  await report();
 } finally {
   for (const c of cleanups.reverse()) await c().catch((err) => say(`cleanup: ${err.message}`));
   if (args.keep) say(`work folder kept: ${work}`);
@@ -275,7 +276,20 @@ function describeErrors(errors) {
 
 // ---- report ----
 
-function report() {
+/**
+ * The share of the last 10 s in which some runnable task waited for a CPU (Linux pressure stall
+ * information): on a shared machine it says how much of a latency figure is other people's work.
+ */
+async function cpuPressure() {
+  try {
+    const m = /^some avg10=([\d.]+)/m.exec(await readFile('/proc/pressure/cpu', 'utf8'));
+    return m ? `, CPU pressure ${m[1]}% (tasks waiting for a CPU, last 10 s)` : '';
+  } catch {
+    return '';
+  }
+}
+
+async function report() {
   const ms = (v) => (Number.isFinite(v) ? `${v.toFixed(v < 10 ? 2 : 1)} ms` : 'n/a');
   const ceiling = Object.fromEntries(results.filter((r) => r.name.startsWith('ceiling')).map((r) => [r.label, r.rate]));
   const rows = results.map((r) => [
@@ -304,5 +318,5 @@ backends) over the run, per check-in answered; RSS: the server's node process on
     ];
     for (const [what, met] of goals) console.log(`${met ? 'met   ' : 'MISSED'} ${what}`);
   }
-  console.log(`\nload average at the end ${loadavg()[0].toFixed(1)}`);
+  console.log(`\nload average at the end ${loadavg()[0].toFixed(1)}${await cpuPressure()}`);
 }

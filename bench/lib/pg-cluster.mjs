@@ -50,13 +50,15 @@ export async function startPgCluster(bin) {
     as = (cmd, args) => runCommand('runuser', ['-u', 'postgres', '--', cmd, ...args]);
   }
   const port = await freePort();
-  await as(join(bin, 'initdb'), ['-D', data, '-U', 'postgres', '-A', 'trust', '-E', 'UTF8', '--no-sync']);
+  await as(join(bin, 'initdb'), ['-D', data, '-U', 'postgres', '-A', 'trust', '-E', 'UTF8', '--no-locale', '--no-sync']);
   const options = `-h 127.0.0.1 -p ${port} -k ${sockets} -c max_connections=200`;
   await as(join(bin, 'pg_ctl'), ['-D', data, '-o', options, '-l', join(dir, 'server.log'), '-w', '-t', '60', 'start']);
   const { stdout: pidLine } = await runCommand('head', ['-n', '1', join(data, 'postmaster.pid')]);
+  const { stdout: version } = await runCommand(join(bin, 'postgres'), ['--version']);
   return {
     url: `postgres://postgres@127.0.0.1:${port}/postgres`,
     pid: Number(pidLine.trim()),
+    version: version.trim(),
     async stop() {
       await as(join(bin, 'pg_ctl'), ['-D', data, '-m', 'fast', '-w', 'stop']).catch(() => {});
       await rm(dir, { recursive: true, force: true });
