@@ -2,7 +2,8 @@
  * The shortcuts of the fleet server's check-in path change no answer: check-ins committed together
  * are each stored before they are answered and never overtake a later write; the SQLite store's
  * kept rollout lists follow writes from this store and from another connection to the same file;
- * a remembered device token still expires; remembered rollout buckets are the hashed ones.
+ * a remembered device token still expires; remembered rollout buckets are the hashed ones; the
+ * narrow device read of every request says what the whole row says, on both stores.
  */
 import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -12,8 +13,10 @@ import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { DeviceTokens } from '../src/fleet/auth.js';
 import { deviceBucket } from '../src/fleet/rollout.js';
+import { openFleetStore } from '../src/fleet/store/open.js';
 import { openSqliteStore } from '../src/fleet/store/sqlite.js';
 import type { FleetStore, RolloutRow } from '../src/fleet/store/store.js';
+import { FLEET_BACKENDS, fleetDatabase } from './helpers/fleet-db.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'fleet-checkin-path-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -125,6 +128,25 @@ describe('remembered credentials and buckets', () => {
       for (const r of ['ro_1', 'ro_2']) {
         for (const d of ['a', 'b', 'c', 'dev-42']) expect(deviceBucket(r, d)).toBe(hashed(r, d));
       }
+    }
+  });
+});
+
+describe.each(FLEET_BACKENDS)('the device read of every request (%s)', (backend) => {
+  it('gives the id, status, channel and tags the whole row has, and null for an unknown id', async () => {
+    const fixture = await fleetDatabase(backend);
+    const { store } = await openFleetStore(fixture.db);
+    try {
+      await store.migrate();
+      await store.insertDevice({ id: 'dev-a', publicKey: 'pem', status: 'pending', channel: 'beta', tags: ['z', 'a'], createdAt: 1 });
+      await store.setDeviceStatus('dev-a', 'accepted');
+      await store.recordCheckIn('dev-a', checkIn('1.0.0', 5));
+      const whole = (await store.getDevice('dev-a'))!;
+      expect(await store.getDeviceAccess('dev-a')).toEqual({ id: whole.id, status: 'accepted', channel: 'beta', tags: ['a', 'z'] });
+      expect(await store.getDeviceAccess('nobody')).toBeNull();
+    } finally {
+      await store.close();
+      await fixture.close();
     }
   });
 });

@@ -6,11 +6,11 @@ import Database from 'better-sqlite3';
 import { EdgekitError } from '../../util/errors.js';
 import { MIGRATIONS } from './migrations.js';
 import {
-  adminTokenOf, deviceOf, json, memberCountsOf, memberOf, parse, provisioningTokenOf, releaseOf, reportOf, rolloutOf, ROLLOUT_PATCH_COLUMNS, str,
+  adminTokenOf, deviceAccessOf, deviceOf, json, memberCountsOf, memberOf, parse, provisioningTokenOf, releaseOf, reportOf, rolloutOf, ROLLOUT_PATCH_COLUMNS, str,
   windowsColumn, type Row,
 } from './rows.js';
 import type {
-  AdminTokenRow, AuditRow, ChannelRow, CheckInUpdate, DeviceQuery, DeviceRow, DeviceStatus, FleetStore, MemberCounts,
+  AdminTokenRow, AuditRow, ChannelRow, CheckInUpdate, DeviceAccess, DeviceQuery, DeviceRow, DeviceStatus, FleetStore, MemberCounts,
   MemberRow, MemberState, ProvisioningTokenRow, RolloutCandidate, ReleaseRow, RolloutPatch, RolloutRow, RolloutState, StoredReport,
 } from './store.js';
 
@@ -91,6 +91,11 @@ class SqliteStore implements FleetStore {
   async getDevice(id: string): Promise<DeviceRow | null> {
     const r = this.q(`SELECT * FROM devices WHERE id = ?`).get(id) as Row | undefined;
     return r ? this.device(r) : null;
+  }
+
+  async getDeviceAccess(id: string): Promise<DeviceAccess | null> {
+    const r = this.q(`SELECT id, status, channel, tags FROM devices WHERE id = ?`).get(id) as Row | undefined;
+    return r ? deviceAccessOf(r) : null;
   }
 
   async insertDevice(d: Pick<DeviceRow, 'id' | 'publicKey' | 'status' | 'channel' | 'tags' | 'createdAt'>): Promise<void> {
