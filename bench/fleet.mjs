@@ -69,6 +69,14 @@ if (num.connections < num.workers) {
 const say = (msg) => process.stderr.write(`bench: ${msg}\n`);
 const work = await mkdtemp(join(tmpdir(), 'edgekit-fleet-bench-'));
 const cleanups = [];
+let cleaning = null;
+// Interrupted: the PostgreSQL cluster runs detached and would outlive us, so stop it first.
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.once(signal, () => {
+    say(`${signal}: stopping what the benchmark started`);
+    void cleanUp().finally(() => process.exit(130));
+  });
+}
 const results = [];
 const notes = [];
 try {
@@ -95,9 +103,17 @@ try {
 
   await report();
 } finally {
-  for (const c of cleanups.reverse()) await c().catch((err) => say(`cleanup: ${err.message}`));
-  if (args.keep) say(`work folder kept: ${work}`);
-  else await rm(work, { recursive: true, force: true });
+  await cleanUp();
+}
+
+/** Stops what this run started (servers, the PostgreSQL cluster) and removes the work folder, once. */
+function cleanUp() {
+  cleaning ??= (async () => {
+    while (cleanups.length) await cleanups.pop()().catch((err) => say(`cleanup: ${err.message}`));
+    if (args.keep) say(`work folder kept: ${work}`);
+    else await rm(work, { recursive: true, force: true });
+  })();
+  return cleaning;
 }
 
 // ---- servers ----
