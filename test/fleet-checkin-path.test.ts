@@ -3,10 +3,11 @@
  * are each stored before they are answered and never overtake a later write; the SQLite store's
  * kept rollout lists follow writes from this store and from another connection to the same file;
  * a remembered device token still expires; remembered rollout buckets are the hashed ones; the
- * narrow device read of every request says what the whole row says, on both stores.
+ * narrow device read of every request says what the whole row says, on both stores; WAL
+ * checkpoints happen in the store's worker thread, which closing the store ends.
  */
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -76,6 +77,21 @@ describe('check-ins committed together', () => {
     const again = openSqliteStore(file);
     expect(await again.getDevice('d3')).toMatchObject({ version: '1.5.0', lastSeen: 300 });
     await again.close();
+  });
+});
+
+describe('checkpoints in a worker thread', () => {
+  it('copies committed pages into the database file without the server connection doing it, and ends on close', async () => {
+    const { store, file } = await freshStore();
+    const marker = `marker-${'x'.repeat(40)}`;
+    await store.insertDevice({ id: marker, publicKey: 'pem', status: 'accepted', channel: 'stable', tags: [], createdAt: 1 });
+    // The server connection checkpoints only at a WAL of thousands of pages; this is a few.
+    const inDbFile = () => readFileSync(file).includes(marker);
+    for (let i = 0; i < 50 && !inDbFile(); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(inDbFile()).toBe(true);
+    await store.close();
+    // The last connection to close removes the WAL: the worker's had closed before the store's.
+    expect(existsSync(`${file}-wal`)).toBe(false);
   });
 });
 

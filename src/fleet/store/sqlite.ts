@@ -5,6 +5,7 @@
 import Database from 'better-sqlite3';
 import { EdgekitError } from '../../util/errors.js';
 import { MIGRATIONS } from './migrations.js';
+import { SERVER_CHECKPOINT_PAGES, startCheckpointer, type Checkpointer } from './sqlite-checkpointer.js';
 import {
   adminTokenOf, deviceAccessOf, deviceOf, json, memberCountsOf, memberOf, parse, provisioningTokenOf, releaseOf, reportOf, rolloutOf, ROLLOUT_PATCH_COLUMNS, str,
   windowsColumn, type Row,
@@ -27,7 +28,21 @@ export function openSqliteStore(file: string): FleetStore {
   } catch (err) {
     throw new EdgekitError(`${file}: cannot open the fleet database: ${(err as Error).message}`);
   }
-  return new SqliteStore(db);
+  // Checkpoints (and their fsync) in a worker thread, off the event loop (sqlite-checkpointer.ts).
+  let checkpointer: Checkpointer | null = null;
+  if (!db.memory) {
+    // Without the worker, SQLite's own checkpoints every 1000 pages (its default) on this connection.
+    const checkpointHere = () => {
+      if (db.open) db.pragma('wal_autocheckpoint = 1000');
+    };
+    try {
+      checkpointer = startCheckpointer(file, checkpointHere);
+      db.pragma(`wal_autocheckpoint = ${SERVER_CHECKPOINT_PAGES}`);
+    } catch {
+      checkpointHere();
+    }
+  }
+  return new SqliteStore(db, checkpointer);
 }
 
 interface PendingCheckIn {
@@ -48,7 +63,7 @@ class SqliteStore implements FleetStore {
    */
   private rolloutCache = new Map<string, readonly RolloutRow[]>();
   private rolloutCacheDataVersion: unknown = null;
-  constructor(private readonly db: Database.Database) {}
+  constructor(private readonly db: Database.Database, private readonly checkpointer: Checkpointer | null) {}
 
   private q(sql: string): Database.Statement {
     let s = this.stmts.get(sql);
@@ -70,6 +85,7 @@ class SqliteStore implements FleetStore {
   }
 
   async close(): Promise<void> {
+    await this.checkpointer?.stop();
     this.commitCheckIns();
     this.db.close();
   }
