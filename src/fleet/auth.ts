@@ -24,7 +24,16 @@ export function newSecretToken(prefix: string): string {
 
 export type HandshakeCheck = 'ok' | 'bad-nonce' | 'bad-key' | 'bad-signature';
 
+/** Tokens remembered as verified; past this many the memory starts over (a miss only costs an HMAC). */
+const MAX_VERIFIED_TOKENS = 100_000;
+
 export class DeviceTokens {
+  /**
+   * Tokens whose MAC checked out, with their device id and expiry (unix ms). Whether a token is
+   * genuine depends only on it and the secret, so the answer can be kept; the expiry is still
+   * checked on every use. Saves an HMAC per device request.
+   */
+  private readonly verified = new Map<string, { deviceId: string; expires: number }>();
   constructor(private readonly secret: Buffer, private readonly now: () => number) {}
 
   /** A nonce only `deviceId` can use, for NONCE_SECONDS: random part, expiry (unix ms), MAC. */
@@ -67,11 +76,17 @@ export class DeviceTokens {
 
   /** The device id a token was issued to, or null when it is forged, malformed or expired. */
   checkToken(token: string): string | null {
+    const known = this.verified.get(token);
+    if (known) return known.expires <= this.now() ? null : known.deviceId;
     const m = /^dev\.([A-Za-z0-9_-]+)\.(\d{1,12})\.([A-Za-z0-9_-]+)$/.exec(token);
     if (!m) return null;
     if (!this.macMatches(`${m[1]}.${m[2]}`, m[3])) return null;
-    if (Number(m[2]) * 1000 <= this.now()) return null;
-    return Buffer.from(m[1], 'base64url').toString('utf8');
+    const expires = Number(m[2]) * 1000;
+    if (expires <= this.now()) return null;
+    const deviceId = Buffer.from(m[1], 'base64url').toString('utf8');
+    if (this.verified.size >= MAX_VERIFIED_TOKENS) this.verified.clear();
+    this.verified.set(token, { deviceId, expires });
+    return deviceId;
   }
 
   private macMatches(body: string, mac: string): boolean {

@@ -9,9 +9,25 @@ import type { RolloutCandidate, RolloutFilter, RolloutRow, RolloutStage } from '
 /** Buckets per 100%: stage percents are honoured to 0.01%. */
 const BUCKETS = 10_000;
 
+/**
+ * Buckets already hashed, per rollout: a running rollout's counts are taken every second over all
+ * its channel's devices, and every check-in asks again. Cleared when it holds more than
+ * MAX_KEPT_BUCKETS (a miss only costs a hash).
+ */
+const keptBuckets = new Map<string, Map<string, number>>();
+const MAX_KEPT_BUCKETS = 500_000;
+let keptCount = 0;
+
 export function deviceBucket(rolloutId: string, deviceId: string): number {
-  const h = createHash('sha256').update(`${rolloutId}\n${deviceId}`, 'utf8').digest();
-  return h.readUInt32BE(0) % BUCKETS;
+  let kept = keptBuckets.get(rolloutId);
+  const known = kept?.get(deviceId);
+  if (known !== undefined) return known;
+  const bucket = createHash('sha256').update(`${rolloutId}\n${deviceId}`, 'utf8').digest().readUInt32BE(0) % BUCKETS;
+  if (keptCount >= MAX_KEPT_BUCKETS) (keptBuckets.clear(), (keptCount = 0), (kept = undefined));
+  if (!kept) keptBuckets.set(rolloutId, (kept = new Map()));
+  kept.set(deviceId, bucket);
+  keptCount++;
+  return bucket;
 }
 
 /** The index of the first stage that includes the device. */

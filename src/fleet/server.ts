@@ -117,7 +117,7 @@ async function handle(routes: Route[], metrics: Metrics, req: IncomingMessage, r
   };
   try {
     const url = new URL(req.url ?? '/', 'http://fleet.invalid');
-    const matching = routes.filter((r) => r.pattern.test(url.pathname));
+    const matching = routesFor(routes, url.pathname);
     if (!matching.length) return send(404, { error: `no such endpoint: ${url.pathname}` });
     const route = matching.find((r) => r.method === req.method);
     if (!route) return send(405, { error: `${req.method} not allowed on ${url.pathname} (use ${matching.map((r) => r.method).join(', ')})` });
@@ -156,6 +156,22 @@ function sendAsset(req: IncomingMessage, res: ServerResponse, a: Asset, count: (
   count(200);
   res.writeHead(200, { ...headers, 'content-type': a.type, 'content-length': a.data.length });
   res.end(req.method === 'HEAD' ? undefined : a.data);
+}
+
+/**
+ * The routes whose pattern matches the path. Paths only routes without parameters match (the
+ * device endpoints every device calls) are looked up once and kept, up to MAX_KEPT_PATHS of them.
+ */
+const fixedPaths = new WeakMap<Route[], Map<string, Route[]>>();
+const MAX_KEPT_PATHS = 256;
+function routesFor(routes: Route[], path: string): Route[] {
+  let known = fixedPaths.get(routes);
+  if (!known) fixedPaths.set(routes, (known = new Map()));
+  const hit = known.get(path);
+  if (hit) return hit;
+  const matching = routes.filter((r) => r.pattern.test(path));
+  if (matching.length && known.size < MAX_KEPT_PATHS && matching.every((r) => !r.pattern.source.includes('('))) known.set(path, matching);
+  return matching;
 }
 
 function readJson(req: IncomingMessage): Promise<unknown> {

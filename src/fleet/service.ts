@@ -8,7 +8,7 @@ import { DeviceTokens, DEVICE_TOKEN_SECONDS, hashToken, newSecretToken, NONCE_SE
 import type { AuthRequest, AuthResponse, CheckInRequest, CheckInResponse, ReportRequest, ReportResponse } from './protocol/messages.js';
 import { decide, deviceBucket, matchesFilter, stageOfBucket, stagesProblem, type StageTally } from './rollout.js';
 import type {
-  AdminTokenRow, AuditRow, DeviceRow, FleetStore, MaintenanceWindow, MemberCounts, MemberState, RolloutFilter, RolloutRow, RolloutStage, Scope,
+  AdminTokenRow, AuditRow, DeviceAccess, DeviceRow, FleetStore, MaintenanceWindow, MemberCounts, MemberState, RolloutFilter, RolloutRow, RolloutStage, Scope,
 } from './store/store.js';
 import { inWindow, windowProblem } from './windows.js';
 
@@ -100,15 +100,15 @@ export class FleetService {
   }
 
   /** The device a bearer token stands for; 401 for a bad token, 403 for a device no longer accepted. */
-  async deviceOf(token: string | null): Promise<DeviceRow> {
+  async deviceOf(token: string | null): Promise<DeviceAccess> {
     const id = token ? this.tokens.checkToken(token) : null;
     if (!id) throw new FleetError(401, token ? 'invalid or expired device token' : 'missing device token (Authorization: Bearer)');
-    const device = await this.store.getDevice(id);
+    const device = await this.store.getDeviceAccess(id);
     if (!device || device.status !== 'accepted') throw new FleetError(403, `device ${id} is not accepted`);
     return device;
   }
 
-  async checkIn(device: DeviceRow, req: CheckInRequest): Promise<CheckInResponse> {
+  async checkIn(device: DeviceAccess, req: CheckInRequest): Promise<CheckInResponse> {
     await this.store.recordCheckIn(device.id, {
       board: req.board, version: req.version, previousVersion: req.previousVersion ?? null, slot: req.slot, slotState: req.slotState ?? null, at: this.now(),
     });
@@ -134,7 +134,7 @@ export class FleetService {
     return { release: null };
   }
 
-  async report(device: DeviceRow, req: ReportRequest): Promise<ReportResponse> {
+  async report(device: DeviceAccess, req: ReportRequest): Promise<ReportResponse> {
     // A failure counts once the device ran the release (its health checks failed on the new slot,
     // or it fell back). 'failed' while still running another version is a download or install that
     // stopped before the switch: the device stays a member in progress and is offered it again.

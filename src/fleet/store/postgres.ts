@@ -19,11 +19,11 @@ import pg from 'pg';
 import { EdgekitError } from '../../util/errors.js';
 import { MIGRATIONS } from './migrations.js';
 import {
-  adminTokenOf, deviceOf, json, memberCountsOf, memberOf, provisioningTokenOf, releaseOf, reportOf, rolloutOf, ROLLOUT_PATCH_COLUMNS, str,
+  adminTokenOf, deviceAccessOf, deviceOf, json, memberCountsOf, memberOf, provisioningTokenOf, releaseOf, reportOf, rolloutOf, ROLLOUT_PATCH_COLUMNS, str,
   windowsColumn, type Row,
 } from './rows.js';
 import type {
-  AdminTokenRow, AuditRow, ChannelRow, CheckInUpdate, DeviceQuery, DeviceRow, DeviceStatus, FleetStore, MemberCounts, MemberRow, MemberState,
+  AdminTokenRow, AuditRow, ChannelRow, CheckInUpdate, DeviceAccess, DeviceQuery, DeviceRow, DeviceStatus, FleetStore, MemberCounts, MemberRow, MemberState,
   ProvisioningTokenRow, ReleaseRow, RolloutCandidate, RolloutPatch, RolloutRow, RolloutState, StoredReport,
 } from './store.js';
 
@@ -151,6 +151,11 @@ class PostgresStore implements FleetStore {
   async getDevice(id: string): Promise<DeviceRow | null> {
     const r = (await this.q(`${DEVICE_SELECT} WHERE d.id = $1`, [id])).rows[0];
     return r ? joinedDevice(r) : null;
+  }
+
+  async getDeviceAccess(id: string): Promise<DeviceAccess | null> {
+    const r = (await this.q(`SELECT id, status, channel, tags FROM devices WHERE id = $1`, [id])).rows[0];
+    return r ? deviceAccessOf(r) : null;
   }
 
   async insertDevice(d: Pick<DeviceRow, 'id' | 'publicKey' | 'status' | 'channel' | 'tags' | 'createdAt'>): Promise<void> {

@@ -3,7 +3,7 @@
  * columns; JSON in TEXT columns; BIGINT may arrive as a string from PostgreSQL, hence Number()).
  */
 import type {
-  AdminTokenRow, DeviceRow, DeviceStatus, MaintenanceWindow, MemberRow, MemberState, ProvisioningTokenRow, ReleaseRow, RolloutRow, RolloutState,
+  AdminTokenRow, DeviceAccess, DeviceRow, DeviceStatus, MaintenanceWindow, MemberRow, MemberState, ProvisioningTokenRow, ReleaseRow, RolloutRow, RolloutState,
   StoredReport,
 } from './store.js';
 
@@ -34,6 +34,10 @@ export function deviceOf(r: Row, lastReport: StoredReport | null): DeviceRow {
 
 /** A rollout's maintenance windows for the `windows` column: NULL when there are none (any time). */
 export const windowsColumn = (w: MaintenanceWindow[]) => (w.length ? json(w) : null);
+
+export function deviceAccessOf(r: Row): DeviceAccess {
+  return { id: String(r.id), status: r.status as DeviceStatus, channel: String(r.channel), tags: parse<string[]>(r.tags) };
+}
 
 export function reportOf(r: Row): StoredReport {
   return {

@@ -5,12 +5,13 @@
 import Database from 'better-sqlite3';
 import { EdgekitError } from '../../util/errors.js';
 import { MIGRATIONS } from './migrations.js';
+import { SERVER_CHECKPOINT_PAGES, startCheckpointer, type Checkpointer } from './sqlite-checkpointer.js';
 import {
-  adminTokenOf, deviceOf, json, memberCountsOf, memberOf, parse, provisioningTokenOf, releaseOf, reportOf, rolloutOf, ROLLOUT_PATCH_COLUMNS, str,
+  adminTokenOf, deviceAccessOf, deviceOf, json, memberCountsOf, memberOf, parse, provisioningTokenOf, releaseOf, reportOf, rolloutOf, ROLLOUT_PATCH_COLUMNS, str,
   windowsColumn, type Row,
 } from './rows.js';
 import type {
-  AdminTokenRow, AuditRow, ChannelRow, CheckInUpdate, DeviceQuery, DeviceRow, DeviceStatus, FleetStore, MemberCounts,
+  AdminTokenRow, AuditRow, ChannelRow, CheckInUpdate, DeviceAccess, DeviceQuery, DeviceRow, DeviceStatus, FleetStore, MemberCounts,
   MemberRow, MemberState, ProvisioningTokenRow, RolloutCandidate, ReleaseRow, RolloutPatch, RolloutRow, RolloutState, StoredReport,
 } from './store.js';
 
@@ -19,16 +20,50 @@ export function openSqliteStore(file: string): FleetStore {
   try {
     db = new Database(file);
     db.pragma('journal_mode = WAL');
+    // With WAL, NORMAL syncs at checkpoints, not at every commit: a commit survives the server being
+    // killed (it is in the WAL file); only a power loss or OS crash can drop the last commits, never
+    // corrupt the file. (better-sqlite3 builds default to this already; stated so it stays so.)
+    db.pragma('synchronous = NORMAL');
     db.pragma('busy_timeout = 5000');
   } catch (err) {
     throw new EdgekitError(`${file}: cannot open the fleet database: ${(err as Error).message}`);
   }
-  return new SqliteStore(db);
+  // Checkpoints (and their fsync) in a worker thread, off the event loop (sqlite-checkpointer.ts).
+  let checkpointer: Checkpointer | null = null;
+  if (!db.memory) {
+    // Without the worker, SQLite's own checkpoints every 1000 pages (its default) on this connection.
+    const checkpointHere = () => {
+      if (db.open) db.pragma('wal_autocheckpoint = 1000');
+    };
+    try {
+      checkpointer = startCheckpointer(file, checkpointHere);
+      db.pragma(`wal_autocheckpoint = ${SERVER_CHECKPOINT_PAGES}`);
+    } catch {
+      checkpointHere();
+    }
+  }
+  return new SqliteStore(db, checkpointer);
+}
+
+interface PendingCheckIn {
+  id: string;
+  u: CheckInUpdate;
+  done: (err?: Error) => void;
 }
 
 class SqliteStore implements FleetStore {
   private readonly stmts = new Map<string, Database.Statement>();
-  constructor(private readonly db: Database.Database) {}
+  /** Check-ins received in this turn of the event loop, committed together (see recordCheckIn). */
+  private checkIns: PendingCheckIn[] = [];
+  /**
+   * listRollouts answers by query, frozen, while the rollouts table is unchanged: every check-in
+   * asks for its channel's live rollouts, which change a few times a day. Cleared by this store's
+   * own writes to rollouts (every method that writes that table calls rolloutsChanged) and when
+   * SQLite's data_version says another connection committed to the file.
+   */
+  private rolloutCache = new Map<string, readonly RolloutRow[]>();
+  private rolloutCacheDataVersion: unknown = null;
+  constructor(private readonly db: Database.Database, private readonly checkpointer: Checkpointer | null) {}
 
   private q(sql: string): Database.Statement {
     let s = this.stmts.get(sql);
@@ -50,6 +85,8 @@ class SqliteStore implements FleetStore {
   }
 
   async close(): Promise<void> {
+    await this.checkpointer?.stop();
+    this.commitCheckIns();
     this.db.close();
   }
 
@@ -72,7 +109,13 @@ class SqliteStore implements FleetStore {
     return r ? this.device(r) : null;
   }
 
+  async getDeviceAccess(id: string): Promise<DeviceAccess | null> {
+    const r = this.q(`SELECT id, status, channel, tags FROM devices WHERE id = ?`).get(id) as Row | undefined;
+    return r ? deviceAccessOf(r) : null;
+  }
+
   async insertDevice(d: Pick<DeviceRow, 'id' | 'publicKey' | 'status' | 'channel' | 'tags' | 'createdAt'>): Promise<void> {
+    this.commitCheckIns();
     this.q(`INSERT INTO devices (id, public_key, status, channel, tags, created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`)
       .run(d.id, d.publicKey, d.status, d.channel, json([...d.tags].sort()), d.createdAt);
   }
@@ -94,23 +137,52 @@ class SqliteStore implements FleetStore {
   }
 
   async setDeviceStatus(id: string, status: DeviceStatus): Promise<boolean> {
+    this.commitCheckIns();
     return this.q(`UPDATE devices SET status = ? WHERE id = ?`).run(status, id).changes > 0;
   }
 
   async setDeviceTags(id: string, tags: string[]): Promise<boolean> {
+    this.commitCheckIns();
     return this.q(`UPDATE devices SET tags = ? WHERE id = ?`).run(json([...new Set(tags)].sort()), id).changes > 0;
   }
 
   async setDeviceChannel(id: string, channel: string): Promise<boolean> {
+    this.commitCheckIns();
     return this.q(`UPDATE devices SET channel = ? WHERE id = ?`).run(channel, id).changes > 0;
   }
 
-  async recordCheckIn(id: string, u: CheckInUpdate): Promise<void> {
-    this.q(`UPDATE devices SET board = ?, version = ?, previous_version = COALESCE(?, previous_version), slot = ?, slot_state = ?, last_seen = ? WHERE id = ?`)
-      .run(u.board, u.version, u.previousVersion, u.slot, u.slotState ? json(u.slotState) : null, u.at, id);
+  /**
+   * Group commit: the check-ins that arrive in one turn of the event loop are written in one
+   * transaction when the turn ends (setImmediate), and each call resolves only once that transaction
+   * has committed, so nothing is answered before it is stored. One commit per check-in cost more than
+   * the rest of a check-in together (each commit writes its pages to the WAL). Every other write
+   * commits the waiting check-ins first, so writes to a device keep the order they arrived in.
+   */
+  recordCheckIn(id: string, u: CheckInUpdate): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (!this.checkIns.length) setImmediate(() => this.commitCheckIns());
+      this.checkIns.push({ id, u, done: (err) => (err ? reject(err) : resolve()) });
+    });
+  }
+
+  private commitCheckIns(): void {
+    const batch = this.checkIns;
+    if (!batch.length) return;
+    this.checkIns = [];
+    const update = this.q(`UPDATE devices SET board = ?, version = ?, previous_version = COALESCE(?, previous_version), slot = ?, slot_state = ?, last_seen = ? WHERE id = ?`);
+    try {
+      this.db.transaction(() => {
+        for (const { id, u } of batch) update.run(u.board, u.version, u.previousVersion, u.slot, u.slotState ? json(u.slotState) : null, u.at, id);
+      })();
+    } catch (err) {
+      for (const c of batch) c.done(err as Error);
+      return;
+    }
+    for (const c of batch) c.done();
   }
 
   async recordReport(r: StoredReport, member: { rolloutId: string; state: MemberState } | null): Promise<boolean> {
+    this.commitCheckIns();
     return this.db.transaction(() => {
       const inserted = this.q(
         `INSERT INTO reports (device_id, id, state, version, running, slot, reason, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, id) DO NOTHING`,
@@ -157,6 +229,7 @@ class SqliteStore implements FleetStore {
   }
 
   async insertRollout(r: RolloutRow): Promise<void> {
+    this.rolloutsChanged();
     this.q(`INSERT INTO rollouts (id, version, channel, filter, stages, max_failure_ratio, min_success_ratio, windows, state, stage, stage_started_at, reason, created_at)
       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
       .run(r.id, r.version, r.channel, json(r.filter), json(r.stages), r.maxFailureRatio, r.minSuccessRatio, windowsColumn(r.windows),
@@ -169,11 +242,30 @@ class SqliteStore implements FleetStore {
   }
 
   async listRollouts(q: { channel?: string; states?: RolloutState[] } = {}): Promise<RolloutRow[]> {
-    const rows = (this.q(`SELECT * FROM rollouts ORDER BY created_at, id`).all() as Row[]).map(rolloutOf);
-    return rows.filter((r) => (!q.channel || r.channel === q.channel) && (!q.states || q.states.includes(r.state)));
+    const dataVersion = this.q(`PRAGMA data_version`).pluck().get();
+    if (dataVersion !== this.rolloutCacheDataVersion) this.rolloutsChanged(dataVersion);
+    const key = `${q.channel ?? ''}\n${q.states?.join(',') ?? '*'}\n${q.channel === undefined}`;
+    let rows = this.rolloutCache.get(key);
+    if (!rows) {
+      // Filtered in SQL: parsing the rows of every other rollout ever made cost more than the query.
+      const where: string[] = [];
+      const args: unknown[] = [];
+      if (q.channel !== undefined) (where.push('channel = ?'), args.push(q.channel));
+      if (q.states) (where.push(q.states.length ? `state IN (${q.states.map(() => '?').join(', ')})` : '0'), args.push(...q.states));
+      const sql = `SELECT * FROM rollouts ${where.length ? `WHERE ${where.join(' AND ')} ` : ''}ORDER BY created_at, id`;
+      rows = Object.freeze((this.q(sql).all(...args) as Row[]).map((r) => deepFreeze(rolloutOf(r))));
+      this.rolloutCache.set(key, rows);
+    }
+    return rows.slice();
+  }
+
+  private rolloutsChanged(dataVersion: unknown = this.rolloutCacheDataVersion): void {
+    this.rolloutCache.clear();
+    this.rolloutCacheDataVersion = dataVersion;
   }
 
   async transitionRollout(id: string, expect: Pick<RolloutRow, 'state' | 'stage'>, patch: RolloutPatch, audit: Omit<AuditRow, 'seq'> | null): Promise<boolean> {
+    this.rolloutsChanged();
     const keys = Object.keys(patch).filter((k) => k in ROLLOUT_PATCH_COLUMNS) as Array<keyof RolloutPatch>;
     return this.db.transaction(() => {
       const changed = this.db.prepare(`UPDATE rollouts SET ${keys.map((k) => `${ROLLOUT_PATCH_COLUMNS[k]} = ?`).join(', ') || 'id = id'} WHERE id = ? AND state = ? AND stage = ?`)
@@ -278,4 +370,13 @@ class SqliteStore implements FleetStore {
   async reportCountsByState(): Promise<Record<string, number>> {
     return Object.fromEntries((this.q(`SELECT state, COUNT(*) AS n FROM reports GROUP BY state ORDER BY state`).all() as Row[]).map((r) => [String(r.state), Number(r.n)]));
   }
+}
+
+/** Rows handed out from a cache are frozen, so a caller that changes one fails at once instead of changing it for every later caller. */
+function deepFreeze<T>(v: T): T {
+  if (v && typeof v === 'object' && !Object.isFrozen(v)) {
+    for (const x of Object.values(v)) deepFreeze(x);
+    Object.freeze(v);
+  }
+  return v;
 }

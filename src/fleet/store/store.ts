@@ -30,6 +30,9 @@ export interface DeviceRow {
   createdAt: number;
 }
 
+/** What a device's own requests need of its row (its token names the device). */
+export type DeviceAccess = Pick<DeviceRow, 'id' | 'status' | 'channel' | 'tags'>;
+
 export interface StoredReport {
   id: string;
   deviceId: string;
@@ -174,6 +177,8 @@ export interface FleetStore {
   initSetting(key: string, value: string): Promise<string>;
 
   getDevice(id: string): Promise<DeviceRow | null>;
+  /** The few fields a device's request needs, read on every check-in (the whole inventory row is not). */
+  getDeviceAccess(id: string): Promise<DeviceAccess | null>;
   /** No-op when the id is taken (another server registered it first). */
   insertDevice(d: Pick<DeviceRow, 'id' | 'publicKey' | 'status' | 'channel' | 'tags' | 'createdAt'>): Promise<void>;
   listDevices(q: DeviceQuery): Promise<DeviceRow[]>;
