@@ -115,7 +115,8 @@ export async function runAgentOnce(ctx: AgentContext): Promise<AgentOutcome> {
     await say('checking');
     const info = await ctx.client.refresh();
     if (!info) {
-      log(`edgekit-agent: ${config.version} is the newest release on ${config.channel}`);
+      // A fleet-managed device is told what to install (the fleet link logged why nothing was offered).
+      log(config.fleet ? `edgekit-agent: nothing to install: ${config.version} stays` : `edgekit-agent: ${config.version} is the newest release on ${config.channel}`);
       return 'idle';
     }
     if (state.rolledBack.includes(info.version)) {
