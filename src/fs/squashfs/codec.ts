@@ -3,7 +3,7 @@
  *
  * - lz4: edgekit's own deterministic LZ4 encoder (lz4.ts). Every build of edgekit and the device's
  *   update agent produce the same bytes, so OTA deltas can rebuild changed blocks on the device;
- *   it decodes faster than anything else the kernel offers. About 25% larger than gzip.
+ *   it decodes faster than anything else the kernel offers. About a third larger than gzip.
  * - gzip: zlib level 9 from Node's zlib. Smallest, but the bytes depend on the zlib Node was built
  *   with (Node's bundled one and Debian's system one differ), so a device cannot rebuild blocks
  *   the builder made: deltas to such a root only apply where the zlib is the same.
