@@ -12,6 +12,7 @@
 import { deflate, deflateSync, inflateSync } from 'node:zlib';
 import { LZ4_ENCODER, lz4Bound, lz4Compress, lz4Decompress } from './lz4.js';
 import { METADATA_UNCOMPRESSED } from './layout.js';
+import { EdgekitError } from '../../util/errors.js';
 
 export type Compression = 'gzip' | 'lz4' | 'none';
 
@@ -51,8 +52,7 @@ export function compressSync(c: Compression, raw: Buffer): Buffer | undefined {
   else {
     if (lz4Out.length < lz4Bound(raw.length)) lz4Out = Buffer.alloc(lz4Bound(raw.length));
     const n = lz4Compress(raw, lz4Out);
-    if (n >= raw.length) return undefined;
-    packed = Buffer.from(lz4Out.subarray(0, n));
+    packed = n < raw.length ? Buffer.from(lz4Out.subarray(0, n)) : raw;
   }
   return packed.length < raw.length ? packed : undefined;
 }
@@ -70,7 +70,7 @@ export function compressionOf(compressorId: number, flags: number, where: string
   if ((flags & 0x0002) !== 0) return 'none';
   if (compressorId === 1) return 'gzip';
   if (compressorId === 5) return 'lz4';
-  throw new Error(`${where}: squashfs compressor ${COMPRESSOR_NAME[compressorId] ?? compressorId} is not one edgekit reads (gzip, lz4)`);
+  throw new EdgekitError(`${where}: squashfs compressor ${COMPRESSOR_NAME[compressorId] ?? compressorId} is not one edgekit reads (gzip, lz4)`);
 }
 
 /**
@@ -79,10 +79,7 @@ export function compressionOf(compressorId: number, flags: number, where: string
  */
 export function decompressBlock(c: Compression, stored: Buffer, maxLength: number, into?: Buffer): Buffer {
   if (c === 'none') return stored;
-  if (c === 'gzip') {
-    const out = inflateSync(stored, { maxOutputLength: Math.max(maxLength, 1) });
-    return out;
-  }
+  if (c === 'gzip') return inflateSync(stored, { maxOutputLength: Math.max(maxLength, 1) });
   const dst = into && into.length >= maxLength ? into : Buffer.allocUnsafe(maxLength);
   return dst.subarray(0, lz4Decompress(stored, dst.subarray(0, maxLength)));
 }

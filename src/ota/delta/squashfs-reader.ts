@@ -89,12 +89,7 @@ export async function readSquashfs(path: string): Promise<SquashImage> {
     const blockSize = sb.readUInt32LE(12);
     const fragmentCount = sb.readUInt32LE(16);
     const flags = sb.readUInt16LE(24);
-    let compression: Compression;
-    try {
-      compression = compressionOf(sb.readUInt16LE(20), flags, path);
-    } catch (err) {
-      throw new EdgekitError((err as Error).message);
-    }
+    const compression = compressionOf(sb.readUInt16LE(20), flags, path);
     // squashfs 4.0 marks each block compressed or not; the superblock's flags only describe the whole.
     const codec: Compression = sb.readUInt16LE(20) === 5 ? 'lz4' : 'gzip';
     const rootRef = sb.readBigUInt64LE(32);
