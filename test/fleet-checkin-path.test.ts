@@ -130,8 +130,9 @@ describe('remembered credentials and buckets', () => {
     let now = 1_000_000;
     const tokens = new DeviceTokens(Buffer.alloc(32, 7), () => now);
     const t = tokens.issueToken('dev-1');
-    expect(tokens.checkToken(t)).toBe('dev-1');
-    expect(tokens.checkToken(t)).toBe('dev-1');
+    // Issued at `now`, to the second; the second call answers from memory, the same.
+    expect(tokens.checkToken(t)).toEqual({ deviceId: 'dev-1', issuedAt: 1_000_000 });
+    expect(tokens.checkToken(t)).toEqual({ deviceId: 'dev-1', issuedAt: 1_000_000 });
     now += 15 * 60 * 1000;
     expect(tokens.checkToken(t)).toBeNull();
     // A forged MAC on a remembered token's body is still refused.
@@ -149,7 +150,7 @@ describe('remembered credentials and buckets', () => {
 });
 
 describe.each(FLEET_BACKENDS)('the device read of every request (%s)', (backend) => {
-  it('gives the id, status, channel and tags the whole row has, and null for an unknown id', async () => {
+  it('gives the id, status, channel, tags and key change the whole row has, and null for an unknown id', async () => {
     const fixture = await fleetDatabase(backend);
     const { store } = await openFleetStore(fixture.db);
     try {
@@ -158,8 +159,17 @@ describe.each(FLEET_BACKENDS)('the device read of every request (%s)', (backend)
       await store.setDeviceStatus('dev-a', 'accepted');
       await store.recordCheckIn('dev-a', checkIn('1.0.0', 5));
       const whole = (await store.getDevice('dev-a'))!;
-      expect(await store.getDeviceAccess('dev-a')).toEqual({ id: whole.id, status: 'accepted', channel: 'beta', tags: ['a', 'z'] });
+      expect(await store.getDeviceAccess('dev-a')).toEqual({ id: whole.id, status: 'accepted', channel: 'beta', tags: ['a', 'z'], keyChangedAt: null });
       expect(await store.getDeviceAccess('nobody')).toBeNull();
+      // Key replacement: compare-and-set on the stored key (PEM whitespace aside), or unconditional.
+      expect(await store.replaceDeviceKey('dev-a', 'other', 'pem-2', 7)).toBe(false);
+      expect(await store.replaceDeviceKey('dev-a', ' pem\n', 'pem-2', 7)).toBe(true);
+      expect(await store.replaceDeviceKey('dev-a', 'pem', 'pem-3', 8)).toBe(false);
+      expect(await store.replaceDeviceKey('nobody', null, 'pem-3', 8)).toBe(false);
+      expect(await store.getDeviceAccess('dev-a')).toMatchObject({ keyChangedAt: 7 });
+      expect(await store.replaceDeviceKey('dev-a', null, 'pem-3', 9)).toBe(true);
+      expect(await store.getDevice('dev-a')).toMatchObject({ publicKey: 'pem-3', keyChangedAt: 9 });
+      expect(await store.insertDevice({ id: 'dev-a', publicKey: 'x', status: 'accepted', channel: 'beta', tags: [], createdAt: 2 })).toBe(false);
     } finally {
       await store.close();
       await fixture.close();

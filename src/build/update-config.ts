@@ -32,7 +32,7 @@ export function agentConfigFor(spec: Pick<ImageSpec, 'name' | 'version'> & { upd
   return parseAgentConfig(
     {
       server: u.server,
-      ...(u.fleet ? { fleet: { server: u.fleet.server } } : {}),
+      ...(u.fleet ? { fleet: { server: u.fleet.server, ...(u.fleet.keyRotationDays !== undefined ? { keyRotationDays: u.fleet.keyRotationDays } : {}) } } : {}),
       channel: u.channel,
       name: spec.name,
       board: board.id,

@@ -19,7 +19,7 @@ interface Conn {
 /** The server and admin token a command talks to: flags first, then EDGEKIT_FLEET_SERVER / EDGEKIT_FLEET_TOKEN. */
 export function clientFrom(o: Conn, env: NodeJS.ProcessEnv = process.env): FleetAdminClient {
   const server = o.server ?? env.EDGEKIT_FLEET_SERVER ?? DEFAULT_SERVER;
-  let token = o.token ?? (o.tokenFile ? readTokenFile(o.tokenFile) : env.EDGEKIT_FLEET_TOKEN);
+  let token = o.token ?? (o.tokenFile ? readOptionFile('--token-file', o.tokenFile) : env.EDGEKIT_FLEET_TOKEN);
   token = token?.trim();
   if (!token) {
     throw new EdgekitError('no admin token: give --token <token>, --token-file <file> (edgekit serve writes <db>.admin-token) or set EDGEKIT_FLEET_TOKEN');
@@ -27,11 +27,11 @@ export function clientFrom(o: Conn, env: NodeJS.ProcessEnv = process.env): Fleet
   return new FleetAdminClient(server, token);
 }
 
-function readTokenFile(file: string): string {
+function readOptionFile(option: string, file: string): string {
   try {
     return readFileSync(file, 'utf8');
   } catch (err) {
-    throw new EdgekitError(`--token-file ${file}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    throw new EdgekitError(`${option} ${file}: cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
   }
 }
 
@@ -65,6 +65,7 @@ database). Reading needs a read token, changing things an operator token.
 Examples:
   edgekit fleet devices list --status pending
   edgekit fleet devices accept gw-0042
+  edgekit fleet devices add gw-0043 --public-key gw-0043.pub --tag site-berlin
   edgekit fleet releases add 1.1 --channel stable
   edgekit fleet rollouts cost --version 1.1 --channel stable
   edgekit fleet rollouts create --version 1.1 --stages 1,10,50,100 --wait 1h --window 'mon-fri 01:00-05:00'
@@ -98,6 +99,20 @@ function registerDevices(fleet: Command): void {
       const device = await c.device(id);
       const reports = await c.deviceReports(id, n);
       out(o, { ...device, reports }, () => deviceDetail(device, reports));
+    });
+  leaf(devices, 'add <device>', 'register a device by its public key (`edgekit identity` on the device prints it): accepted at its first handshake')
+    .requiredOption('--public-key <file>', 'the device\'s public key (SPKI PEM)')
+    .option('--channel <channel>', 'the channel it follows', 'stable')
+    .option('--tag <tag>', 'a tag (repeat for several)', collect)
+    .action(async (id: string, o: Conn & { publicKey: string; channel: string; tag?: string[] }) => {
+      const d = await clientFrom(o).registerDevice({ id, publicKey: readOptionFile('--public-key', o.publicKey), channel: o.channel, tags: o.tag ?? [] });
+      out(o, d, () => `registered ${d.id} (channel ${d.channel}${d.tags.length ? `, tags ${d.tags.join(', ')}` : ''}): accepted at its first handshake`);
+    });
+  leaf(devices, 'set-key <device>', 'replace a device\'s key (it lost its key, the board was replaced, the key leaked): tokens issued before are refused')
+    .requiredOption('--public-key <file>', 'the device\'s new public key (SPKI PEM)')
+    .action(async (id: string, o: Conn & { publicKey: string }) => {
+      const d = await clientFrom(o).setDeviceKey(id, readOptionFile('--public-key', o.publicKey));
+      out(o, d, () => `${d.id}: key replaced (status ${d.status})`);
     });
   leaf(devices, 'accept <device...>', 'accept devices waiting for an operator (they can then authenticate)')
     .action(async (ids: string[], o: Conn) => {

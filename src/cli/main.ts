@@ -29,7 +29,7 @@ const COMMANDS: Array<{ names: string[]; load: () => Promise<Register> }> = [
   { names: ['flash'], load: async () => (await import('./flash.js')).registerFlash },
   { names: ['console'], load: async () => (await import('./console.js')).registerConsole },
   { names: ['release', 'repo'], load: async () => (await import('./release.js')).registerRelease },
-  { names: ['update', 'agent'], load: async () => (await import('./update.js')).registerUpdate },
+  { names: ['update', 'agent', 'identity'], load: async () => (await import('./update.js')).registerUpdate },
   { names: ['serve'], load: async () => (await import('./serve.js')).registerServe },
   { names: ['fleet'], load: async () => (await import('./fleet.js')).registerFleet },
 ];

@@ -1,5 +1,8 @@
 import type { Command } from 'commander';
+import { createPublicKey } from 'node:crypto';
 import { AGENT_CONFIG_PATH, loadAgentConfig } from '../ota/agent/config.js';
+import { loadDeviceIdentity, pendingKey, prepareKeyRotation } from '../ota/agent/device-identity.js';
+import { keyFingerprint } from '../fleet/auth.js';
 import { rebootDevice, runPass, runService } from '../ota/agent/service.js';
 import { EdgekitError } from '../util/errors.js';
 
@@ -36,5 +39,29 @@ export function registerUpdate(program: Command): void {
       log(`edgekit-agent: pass ended: ${outcome}`);
       if (outcome === 'failed') process.exitCode = 1;
       if (outcome === 'reboot') process.exitCode = 3;
+    });
+  program
+    .command('identity')
+    .description('on a fleet-managed device: show its id and public key (to register it ahead with `edgekit fleet devices add`), or ask for a new key')
+    .option('--config <file>', 'update agent configuration', AGENT_CONFIG_PATH)
+    .option('--rotate', 'make a new key; the agent hands it to the fleet server at its next check-in and uses it from then on')
+    .option('--json', 'print JSON')
+    .action(async (o: { config: string; rotate?: boolean; json?: boolean }) => {
+      const config = await loadAgentConfig(o.config);
+      if (!config.fleet) throw new EdgekitError(`${o.config}: names no fleet server (update.fleet): this device has no fleet identity`);
+      const identity = await loadDeviceIdentity(config.fleet);
+      const next = o.rotate ? await prepareKeyRotation(config.fleet.keyFile) : await pendingKey(config.fleet.keyFile);
+      const publicKey = createPublicKey(identity.privateKey).export({ type: 'spki', format: 'pem' }) as string;
+      const out = {
+        deviceId: identity.deviceId, idSource: identity.idSource, publicKey, fingerprint: keyFingerprint(publicKey),
+        nextFingerprint: next ? keyFingerprint(createPublicKey(next).export({ type: 'spki', format: 'pem' }) as string) : null,
+      };
+      if (o.json) {
+        log(JSON.stringify(out));
+        return;
+      }
+      log(`device ${out.deviceId} (id from ${out.idSource === 'config' ? 'the config partition' : 'its first key'}), key ${out.fingerprint}`);
+      process.stdout.write(publicKey);
+      if (out.nextFingerprint) log(`new key ${out.nextFingerprint} waits for the next check-in (run \`edgekit agent --once\` to hand it over now)`);
     });
 }

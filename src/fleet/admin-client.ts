@@ -62,6 +62,16 @@ export class FleetAdminClient {
     return this.call('GET', `/v1/admin/devices/${enc(id)}/reports?limit=${limit}`);
   }
 
+  /** Registers a device by its public key: accepted at its first handshake (pre-authorised). */
+  registerDevice(o: { id: string; publicKey: string; channel?: string; tags?: string[] }): Promise<DeviceRow> {
+    return this.call('POST', '/v1/admin/devices', o);
+  }
+
+  /** Replaces a device's key (lost key, replaced board); tokens issued before are refused. */
+  setDeviceKey(id: string, publicKey: string): Promise<DeviceRow> {
+    return this.call('PUT', `/v1/admin/devices/${enc(id)}/key`, { publicKey });
+  }
+
   acceptDevice(id: string): Promise<DeviceRow> {
     return this.call('POST', `/v1/admin/devices/${enc(id)}/accept`, {});
   }

@@ -22,7 +22,44 @@ export function newSecretToken(prefix: string): string {
   return `${prefix}_${randomBytes(24).toString('base64url')}`;
 }
 
-export type HandshakeCheck = 'ok' | 'bad-nonce' | 'bad-key' | 'bad-signature';
+export type SignatureCheck = 'ok' | 'bad-key' | 'bad-signature';
+export type HandshakeCheck = SignatureCheck | 'bad-nonce';
+
+/** A device token that checked out: whom it was issued to and when (unix ms, to the second). */
+export interface TokenHolder {
+  deviceId: string;
+  issuedAt: number;
+}
+
+/** Why a text is not an ed25519 public key (SPKI PEM), or null when it is one. */
+export function publicKeyProblem(publicKeyPem: string): string | null {
+  try {
+    const key = createPublicKey(publicKeyPem);
+    return key.asymmetricKeyType === 'ed25519' ? null : `a ${key.asymmetricKeyType} key, devices use ed25519`;
+  } catch {
+    return 'not a public key (SPKI PEM)';
+  }
+}
+
+/** A short name for a public key in logs and the audit: sha256 of its SPKI DER, 16 hex digits. */
+export function keyFingerprint(publicKeyPem: string): string {
+  const der = createPublicKey(publicKeyPem).export({ type: 'spki', format: 'der' });
+  return `sha256:${createHash('sha256').update(der).digest('hex').slice(0, 16)}`;
+}
+
+/** Checks an ed25519 signature (base64) of `message` by an SPKI PEM public key. */
+export function checkSignature(publicKeyPem: string, message: Buffer, signatureB64: string): SignatureCheck {
+  let key;
+  try {
+    key = createPublicKey(publicKeyPem);
+  } catch {
+    return 'bad-key';
+  }
+  if (key.asymmetricKeyType !== 'ed25519') return 'bad-key';
+  const sig = Buffer.from(signatureB64, 'base64');
+  if (sig.length !== 64) return 'bad-signature';
+  return verify(null, message, key, sig) ? 'ok' : 'bad-signature';
+}
 
 /** Tokens remembered as verified; past this many the memory starts over (a miss only costs an HMAC). */
 const MAX_VERIFIED_TOKENS = 100_000;
@@ -44,28 +81,24 @@ export class DeviceTokens {
   }
 
   /**
-   * Checks the nonce was issued to this device and is unexpired, consumes it (one use, through
-   * `consume`, which answers false for a nonce seen before) and checks the device's signature over it.
-   * The nonce is consumed before the signature is checked: a wrong signature burns it too.
+   * True when the nonce was issued to this device, is unexpired and was not used before; it is
+   * consumed (one use, through `consume`, which answers false for a nonce seen before). Callers
+   * consume before checking signatures, so a wrong signature burns the nonce too.
    */
+  async useNonce(deviceId: string, nonce: string, consume: (nonce: string, expiresAt: number) => Promise<boolean>): Promise<boolean> {
+    const m = /^([A-Za-z0-9_-]{22})\.(\d{1,15})\.([A-Za-z0-9_-]{43})$/.exec(nonce);
+    if (!m) return false;
+    const expires = Number(m[2]);
+    if (!this.macMatches(nonceBody(deviceId, m[1], expires), m[3]) || expires <= this.now()) return false;
+    return consume(nonce, expires);
+  }
+
+  /** The handshake: a fresh nonce of this device's, signed by the key it presents. */
   async verifyHandshake(
     deviceId: string, nonce: string, publicKeyPem: string, signatureB64: string, consume: (nonce: string, expiresAt: number) => Promise<boolean>,
   ): Promise<HandshakeCheck> {
-    const m = /^([A-Za-z0-9_-]{22})\.(\d{1,15})\.([A-Za-z0-9_-]{43})$/.exec(nonce);
-    if (!m) return 'bad-nonce';
-    const expires = Number(m[2]);
-    if (!this.macMatches(nonceBody(deviceId, m[1], expires), m[3]) || expires <= this.now()) return 'bad-nonce';
-    if (!(await consume(nonce, expires))) return 'bad-nonce';
-    let key;
-    try {
-      key = createPublicKey(publicKeyPem);
-    } catch {
-      return 'bad-key';
-    }
-    if (key.asymmetricKeyType !== 'ed25519') return 'bad-key';
-    const sig = Buffer.from(signatureB64, 'base64');
-    if (sig.length !== 64) return 'bad-signature';
-    return verify(null, authMessage(deviceId, nonce), key, sig) ? 'ok' : 'bad-signature';
+    if (!(await this.useNonce(deviceId, nonce, consume))) return 'bad-nonce';
+    return checkSignature(publicKeyPem, authMessage(deviceId, nonce), signatureB64);
   }
 
   issueToken(deviceId: string): string {
@@ -74,10 +107,10 @@ export class DeviceTokens {
     return `dev.${body}.${this.mac(body)}`;
   }
 
-  /** The device id a token was issued to, or null when it is forged, malformed or expired. */
-  checkToken(token: string): string | null {
+  /** Whom and when a token was issued to, or null when it is forged, malformed or expired. */
+  checkToken(token: string): TokenHolder | null {
     const known = this.verified.get(token);
-    if (known) return known.expires <= this.now() ? null : known.deviceId;
+    if (known) return known.expires <= this.now() ? null : holder(known);
     const m = /^dev\.([A-Za-z0-9_-]+)\.(\d{1,12})\.([A-Za-z0-9_-]+)$/.exec(token);
     if (!m) return null;
     if (!this.macMatches(`${m[1]}.${m[2]}`, m[3])) return null;
@@ -85,8 +118,9 @@ export class DeviceTokens {
     if (expires <= this.now()) return null;
     const deviceId = Buffer.from(m[1], 'base64url').toString('utf8');
     if (this.verified.size >= MAX_VERIFIED_TOKENS) this.verified.clear();
-    this.verified.set(token, { deviceId, expires });
-    return deviceId;
+    const entry = { deviceId, expires };
+    this.verified.set(token, entry);
+    return holder(entry);
   }
 
   private macMatches(body: string, mac: string): boolean {
@@ -98,6 +132,10 @@ export class DeviceTokens {
   private mac(body: string): string {
     return createHmac('sha256', this.secret).update(body).digest('base64url');
   }
+}
+
+function holder(t: { deviceId: string; expires: number }): TokenHolder {
+  return { deviceId: t.deviceId, issuedAt: t.expires - DEVICE_TOKEN_SECONDS * 1000 };
 }
 
 /** What a nonce's MAC covers. Starts with a context word and holds newlines, so it never equals a token body. */

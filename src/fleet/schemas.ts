@@ -23,12 +23,23 @@ export const authBody = z.strictObject({
   signature: z.string().min(1).max(256),
   provisioningToken: z.string().min(1).max(4096).optional(),
 });
+const publicKey = z.string().min(1).max(4096);
+const signature = z.string().min(1).max(256);
+export const rotateKeyBody = z.strictObject({
+  deviceId: id,
+  nonce: z.string().min(1).max(128),
+  publicKey,
+  signature,
+  newPublicKey: publicKey,
+  newSignature: signature,
+});
 export const checkInBody = z.strictObject({
   board: z.string().min(1).max(128),
   version,
   previousVersion: version.optional(),
   slot,
-  slotState: z.record(slot, short).optional(),
+  // Partial: a boot chain may know only the running slot's state (z.record over an enum wants every key).
+  slotState: z.partialRecord(slot, short).optional(),
 });
 export const reportBody = z.strictObject({
   id: z.string().min(1).max(128),
@@ -57,6 +68,14 @@ export const rolloutCostBody = z.strictObject({
   filter: z.strictObject({ tags: z.array(tag).max(32).optional(), board: z.string().min(1).max(128).optional() }).optional(),
 });
 export const tagsBody = z.strictObject({ tags: z.array(tag).max(32) });
+/** An operator registers a device by its public key (pre-authorised), or sets a device's key. */
+export const deviceRegisterBody = z.strictObject({
+  id,
+  publicKey,
+  channel: name.default('stable'),
+  tags: z.array(tag).max(32).default([]),
+});
+export const deviceKeyBody = z.strictObject({ publicKey });
 export const deviceChannelBody = z.strictObject({ channel: name });
 export const tokenBody = z.strictObject({ name: z.string().min(1).max(64), scope: z.enum(['read', 'operator', 'admin']) });
 export const provisioningBody = z.strictObject({

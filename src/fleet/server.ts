@@ -244,6 +244,7 @@ function buildRoutes(service: FleetService, metrics: Metrics, o: { repo?: string
     const r = await service.authenticate(await parsed(c, S.authBody));
     return { status: r.status === 'pending' ? 202 : 200, body: r };
   });
+  add('POST', DEVICE_PATHS.rotateKey, async (c) => ({ body: await service.rotateKey(await parsed(c, S.rotateKeyBody)) }));
   // A device offered a release is told where the signed repository is: this server's copy (payloads
   // possibly from a CDN), or, when the server has none, the one its own configuration names.
   const location: RepositoryLocation | undefined = o.repo ? { url: DEVICE_PATHS.repo, ...(o.payloadsUrl ? { targetsUrl: o.payloadsUrl } : {}) } : undefined;
@@ -276,7 +277,9 @@ function buildRoutes(service: FleetService, metrics: Metrics, o: { repo?: string
       status: (status as DeviceStatus) ?? undefined, channel: c.query.get('channel') ?? undefined, board: c.query.get('board') ?? undefined, tag: c.query.get('tag') ?? undefined,
     });
   }));
+  add('POST', '/v1/admin/devices', admin('operator', async (c, a) => service.registerDevice(a, await parsed(c, S.deviceRegisterBody))));
   add('GET', '/v1/admin/devices/:id', admin('read', async (c) => service.requireDevice(c.params[0])));
+  add('PUT', '/v1/admin/devices/:id/key', admin('operator', async (c, a) => service.setDeviceKey(a, c.params[0], (await parsed(c, S.deviceKeyBody)).publicKey)));
   for (const [verb, status] of [['accept', 'accepted'], ['reject', 'rejected']] as const) {
     add('POST', `/v1/admin/devices/:id/${verb}`, admin('operator', async (c, a) => {
       await service.requireDevice(c.params[0]);

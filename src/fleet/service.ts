@@ -4,12 +4,16 @@
  * arrives and on a periodic tick (for stage waits).
  */
 import { randomBytes } from 'node:crypto';
-import { DeviceTokens, DEVICE_TOKEN_SECONDS, hashToken, newSecretToken, NONCE_SECONDS } from './auth.js';
-import type { AuthRequest, AuthResponse, CheckInRequest, CheckInResponse, ReportRequest, ReportResponse } from './protocol/messages.js';
+import { checkSignature, DeviceTokens, DEVICE_TOKEN_SECONDS, hashToken, keyFingerprint, newSecretToken, NONCE_SECONDS, publicKeyProblem } from './auth.js';
+import {
+  rotateKeyMessage, type AuthRequest, type AuthResponse, type CheckInRequest, type CheckInResponse, type ReportRequest, type ReportResponse, type RotateKeyRequest,
+  type RotateKeyResponse,
+} from './protocol/messages.js';
 import { decide, deviceBucket, matchesFilter, stageOfBucket, stagesProblem, type StageTally } from './rollout.js';
 import type {
   AdminTokenRow, AuditRow, DeviceAccess, DeviceRow, FleetStore, MaintenanceWindow, MemberCounts, MemberState, RolloutFilter, RolloutRow, RolloutStage, Scope,
 } from './store/store.js';
+import { samePem } from './store/rows.js';
 import { inWindow, windowProblem } from './windows.js';
 
 export class FleetError extends Error {
@@ -91,7 +95,7 @@ export class FleetService {
       // Another server may have registered the id meanwhile (insertDevice then changes nothing): the stored key decides.
       device = (await this.store.getDevice(req.deviceId))!;
     }
-    if (normalisePem(device.publicKey) !== normalisePem(req.publicKey)) {
+    if (!samePem(device.publicKey, req.publicKey)) {
       throw new FleetError(403, `device ${req.deviceId} is registered with another key`);
     }
     if (device.status === 'rejected') throw new FleetError(403, `device ${req.deviceId} was rejected by an operator`);
@@ -99,12 +103,72 @@ export class FleetService {
     return { status: 'accepted', token: this.tokens.issueToken(device.id), expiresIn: DEVICE_TOKEN_SECONDS };
   }
 
-  /** The device a bearer token stands for; 401 for a bad token, 403 for a device no longer accepted. */
+  /**
+   * Key rotation asked for by the device (see protocol/messages.ts): the old key authorises the
+   * change, the new key proves possession; both sign one message bound to a fresh nonce.
+   */
+  async rotateKey(req: RotateKeyRequest): Promise<RotateKeyResponse> {
+    if (!(await this.tokens.useNonce(req.deviceId, req.nonce, (n, e) => this.store.consumeNonce(n, e)))) {
+      throw new FleetError(401, 'unknown, used or expired nonce: ask /v1/device/hello again');
+    }
+    const message = rotateKeyMessage(req.deviceId, req.nonce, req.newPublicKey);
+    const byNew = checkSignature(req.newPublicKey, message, req.newSignature);
+    if (byNew === 'bad-key') throw new FleetError(400, 'newPublicKey: not an ed25519 public key (SPKI PEM)');
+    if (byNew === 'bad-signature') throw new FleetError(401, 'newSignature does not verify with newPublicKey');
+    const device = await this.store.getDevice(req.deviceId);
+    if (!device) throw new FleetError(404, `no device ${req.deviceId}: a key is rotated once the device has registered`);
+    if (device.status === 'rejected') throw new FleetError(403, `device ${req.deviceId} was rejected by an operator`);
+    // Already done (the device did not hear the answer and asks again): the new key has signed, nothing to change.
+    if (samePem(device.publicKey, req.newPublicKey)) return { status: 'rotated' };
+    if (!samePem(device.publicKey, req.publicKey)) throw new FleetError(403, `device ${req.deviceId} is registered with another key`);
+    const byOld = checkSignature(req.publicKey, message, req.signature);
+    if (byOld !== 'ok') throw new FleetError(byOld === 'bad-key' ? 400 : 401, byOld === 'bad-key' ? 'publicKey: not an ed25519 public key (SPKI PEM)' : 'signature does not verify with publicKey');
+    if (!(await this.store.replaceDeviceKey(req.deviceId, req.publicKey, req.newPublicKey, this.now()))) {
+      throw new FleetError(409, `device ${req.deviceId}: its key changed meanwhile; authenticate again`);
+    }
+    await this.audit(`device ${req.deviceId}`, 'device.key-rotate', req.deviceId, { from: keyFingerprint(req.publicKey), to: keyFingerprint(req.newPublicKey) });
+    return { status: 'rotated' };
+  }
+
+  /** An operator registers a device by its public key: accepted at its first handshake, no token needed. */
+  async registerDevice(actor: Actor, o: { id: string; publicKey: string; channel: string; tags: string[] }): Promise<DeviceRow> {
+    const problem = publicKeyProblem(o.publicKey);
+    if (problem) throw new FleetError(400, `publicKey: ${problem}`);
+    await this.requireChannel(o.channel);
+    const tags = [...new Set(o.tags)].sort();
+    if (!(await this.store.insertDevice({ id: o.id, publicKey: o.publicKey, status: 'accepted', channel: o.channel, tags, createdAt: this.now() }))) {
+      throw new FleetError(409, `device ${o.id} exists: set its key with PUT /v1/admin/devices/${o.id}/key`);
+    }
+    await this.audit(actor, 'device.register', o.id, { channel: o.channel, tags, key: keyFingerprint(o.publicKey) });
+    return this.requireDevice(o.id);
+  }
+
+  /**
+   * An operator replaces a device's key (it lost its key, the board was replaced, the key leaked).
+   * Tokens issued before are refused from now on; the status is left as it is.
+   */
+  async setDeviceKey(actor: Actor, id: string, publicKey: string): Promise<DeviceRow> {
+    const problem = publicKeyProblem(publicKey);
+    if (problem) throw new FleetError(400, `publicKey: ${problem}`);
+    const before = await this.requireDevice(id);
+    if (!(await this.store.replaceDeviceKey(id, null, publicKey, this.now()))) throw new FleetError(404, `no device ${id}`);
+    await this.audit(actor, 'device.key-set', id, { from: fingerprintOrNull(before.publicKey), to: keyFingerprint(publicKey) });
+    return this.requireDevice(id);
+  }
+
+  /**
+   * The device a bearer token stands for; 401 for a bad token or one issued before the device's
+   * key was replaced (whoever held the old key must not keep acting), 403 for a device no longer accepted.
+   */
   async deviceOf(token: string | null): Promise<DeviceAccess> {
-    const id = token ? this.tokens.checkToken(token) : null;
-    if (!id) throw new FleetError(401, token ? 'invalid or expired device token' : 'missing device token (Authorization: Bearer)');
-    const device = await this.store.getDeviceAccess(id);
-    if (!device || device.status !== 'accepted') throw new FleetError(403, `device ${id} is not accepted`);
+    const holder = token ? this.tokens.checkToken(token) : null;
+    if (!holder) throw new FleetError(401, token ? 'invalid or expired device token' : 'missing device token (Authorization: Bearer)');
+    const device = await this.store.getDeviceAccess(holder.deviceId);
+    if (!device || device.status !== 'accepted') throw new FleetError(403, `device ${holder.deviceId} is not accepted`);
+    // Tokens carry their time to the second: one issued in the same second as the change still passes.
+    if (device.keyChangedAt !== null && holder.issuedAt < Math.floor(device.keyChangedAt / 1000) * 1000) {
+      throw new FleetError(401, `device token issued before device ${device.id}'s key changed: authenticate again`);
+    }
     return device;
   }
 
@@ -248,13 +312,16 @@ export class FleetService {
 
   // ---- admin ----
 
-  async audit(actor: Actor | null, action: string, target: string, detail: unknown): Promise<void> {
+  async audit(actor: Actor | string | null, action: string, target: string, detail: unknown): Promise<void> {
     await this.store.appendAudit(this.auditEntry(actor, action, target, detail));
   }
 
-  /** An audit entry; no actor: the server did it by itself (e.g. a rollout's automatic stage advance). */
-  private auditEntry(actor: Actor | null, action: string, target: string, detail: unknown): Omit<AuditRow, 'seq'> {
-    return { at: this.now(), actor: actor ? `${actor.name} (${actor.tokenId})` : 'server', action, target, detail };
+  /**
+   * An audit entry. The actor: an admin token, a device (by name, e.g. 'device gw-1' for a key
+   * rotation), or none: the server did it by itself (e.g. a rollout's automatic stage advance).
+   */
+  private auditEntry(actor: Actor | string | null, action: string, target: string, detail: unknown): Omit<AuditRow, 'seq'> {
+    return { at: this.now(), actor: typeof actor === 'string' ? actor : actor ? `${actor.name} (${actor.tokenId})` : 'server', action, target, detail };
   }
 
   async adminOf(token: string | null): Promise<Actor> {
@@ -297,6 +364,11 @@ export class FleetService {
   }
 }
 
-function normalisePem(pem: string): string {
-  return pem.replace(/\s+/g, '');
+/** Keys stored before they were checked (none should be) still get an audit entry. */
+function fingerprintOrNull(pem: string): string | null {
+  try {
+    return keyFingerprint(pem);
+  } catch {
+    return null;
+  }
 }

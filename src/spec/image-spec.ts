@@ -79,6 +79,8 @@ export const imageSpecSchema = z.strictObject({
       fleet: z
         .strictObject({
           server: z.string().regex(/^https?:\/\/[^/]/, 'an http:// or https:// URL'),
+          /** Replace the device's key by a new one when it is older than this many days. */
+          keyRotationDays: z.number().positive().optional(),
         })
         .optional(),
       channel: z.string().default('stable'),

@@ -7,7 +7,8 @@ import { sign, createPublicKey, type KeyObject } from 'node:crypto';
 import { Agent, request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import {
-  authMessage, DEVICE_PATHS, type AuthResponse, type CheckInRequest, type CheckInResponse, type HelloResponse, type ReportRequest, type ReportResponse,
+  authMessage, DEVICE_PATHS, rotateKeyMessage, type AuthResponse, type CheckInRequest, type CheckInResponse, type HelloResponse, type ReportRequest, type ReportResponse,
+  type RotateKeyRequest,
 } from './messages.js';
 
 export class FleetProtocolError extends Error {
@@ -40,16 +41,18 @@ export interface FleetDeviceClientOptions {
 export class FleetDeviceClient {
   private token: string | null = null;
   private tokenExpires = 0;
-  private readonly publicKeyPem: string;
+  private privateKey: KeyObject;
+  private publicKeyPem: string;
 
   constructor(private readonly o: FleetDeviceClientOptions) {
-    this.publicKeyPem = createPublicKey(o.privateKey).export({ type: 'spki', format: 'pem' }) as string;
+    this.privateKey = o.privateKey;
+    this.publicKeyPem = publicPem(o.privateKey);
   }
 
   /** Handshake: 'accepted' (a token is held) or 'pending' (an operator must accept this device first). */
   async authenticate(): Promise<'accepted' | 'pending'> {
     const { nonce } = (await this.post(DEVICE_PATHS.hello, { deviceId: this.o.deviceId }, false)) as HelloResponse;
-    const signature = sign(null, authMessage(this.o.deviceId, nonce), this.o.privateKey).toString('base64');
+    const signature = sign(null, authMessage(this.o.deviceId, nonce), this.privateKey).toString('base64');
     const r = (await this.post(DEVICE_PATHS.auth, {
       deviceId: this.o.deviceId, publicKey: this.publicKeyPem, nonce, signature,
       ...(this.o.provisioningToken ? { provisioningToken: this.o.provisioningToken } : {}),
@@ -58,6 +61,26 @@ export class FleetDeviceClient {
     // Kept on the monotonic clock: a device clock set by NTP after boot must not confuse it.
     this.tokenExpires = r.status === 'accepted' ? performance.now() + r.expiresIn * 1000 : 0;
     return r.status;
+  }
+
+  /**
+   * Replaces the device's key on the server by `newKey` (both keys sign; see messages.ts), then
+   * uses the new key from here on. Safe to call again with the same new key when the answer was
+   * lost: the server answers 'rotated' once the new key is in place. Throws FleetProtocolError.
+   */
+  async rotateKey(newKey: KeyObject): Promise<void> {
+    const { nonce } = (await this.post(DEVICE_PATHS.hello, { deviceId: this.o.deviceId }, false)) as HelloResponse;
+    const newPublicKey = publicPem(newKey);
+    const message = rotateKeyMessage(this.o.deviceId, nonce, newPublicKey);
+    const req: RotateKeyRequest = {
+      deviceId: this.o.deviceId, nonce, publicKey: this.publicKeyPem, signature: sign(null, message, this.privateKey).toString('base64'),
+      newPublicKey, newSignature: sign(null, message, newKey).toString('base64'),
+    };
+    await this.post(DEVICE_PATHS.rotateKey, req, false);
+    this.privateKey = newKey;
+    this.publicKeyPem = newPublicKey;
+    // Tokens issued for the old key are refused from now on.
+    this.token = null;
   }
 
   /**
@@ -126,4 +149,8 @@ export class FleetDeviceClient {
       req.end(data);
     });
   }
+}
+
+function publicPem(privateKey: KeyObject): string {
+  return createPublicKey(privateKey).export({ type: 'spki', format: 'pem' }) as string;
 }

@@ -11,11 +11,21 @@
  *      public key; later auths with another key are refused, so a device cannot act as another.
  *   3. Authorization: Bearer <token> on check-in, reports and the release repository's files when
  *      the server serves them (GET /v1/device/repo/metadata/..., /v1/device/repo/targets/...).
+ *
+ * Key rotation, started by the device: a nonce from hello, then
+ *   POST /v1/device/rotate-key {deviceId, nonce, publicKey, signature, newPublicKey, newSignature}
+ *        -> 200 {status:'rotated'}
+ *   Both keys sign rotateKeyMessage(deviceId, nonce, newPublicKey): the old one says "replace me by
+ *   this key", the new one proves the device holds it. Tokens issued before the change are refused
+ *   from then on. Asking again after the server made the change (the answer was lost) is answered
+ *   'rotated' as long as the new key signs, so a device can simply retry. An operator can also set a
+ *   device's key (a device that lost its key, a replaced board): same effect.
  */
 
 export const DEVICE_PATHS = {
   hello: '/v1/device/hello',
   auth: '/v1/device/auth',
+  rotateKey: '/v1/device/rotate-key',
   checkIn: '/v1/device/check-in',
   reports: '/v1/device/reports',
   /** The release repository (metadata/ and targets/ under it), when the server serves one. */
@@ -25,6 +35,11 @@ export const DEVICE_PATHS = {
 /** The bytes a device signs: a fixed context string so a signature is never valid for anything else. */
 export function authMessage(deviceId: string, nonce: string): Buffer {
   return Buffer.from(`edgekit-fleet-auth-v1\n${deviceId}\n${nonce}`, 'utf8');
+}
+
+/** The bytes both keys sign to replace the device's key by `newPublicKey` (SPKI PEM). */
+export function rotateKeyMessage(deviceId: string, nonce: string, newPublicKey: string): Buffer {
+  return Buffer.from(`edgekit-fleet-rotate-key-v1\n${deviceId}\n${nonce}\n${newPublicKey.replace(/\s+/g, '')}`, 'utf8');
 }
 
 export interface HelloRequest {
@@ -44,6 +59,21 @@ export interface AuthRequest {
   /** From the config partition's provisioning-token file: pre-authorises a new device. */
   provisioningToken?: string;
 }
+export interface RotateKeyRequest {
+  deviceId: string;
+  nonce: string;
+  /** The key the server knows the device by now (SPKI PEM). */
+  publicKey: string;
+  /** base64 signature by that key of rotateKeyMessage(deviceId, nonce, newPublicKey). */
+  signature: string;
+  newPublicKey: string;
+  /** base64 signature by the new key of the same message. */
+  newSignature: string;
+}
+export interface RotateKeyResponse {
+  status: 'rotated';
+}
+
 export type AuthResponse = { status: 'accepted'; token: string; expiresIn: number } | { status: 'pending' };
 
 export type SlotName = 'a' | 'b';

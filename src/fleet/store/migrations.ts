@@ -45,4 +45,7 @@ export const MIGRATIONS: string[][] = [
     `ALTER TABLE rollouts ADD COLUMN windows TEXT`,
     `CREATE INDEX reports_device_time ON reports (device_id, received_at)`,
   ],
+  // 4: when a device's key was last replaced (rotated by the device or set by an operator; unix ms,
+  // NULL: never). Device tokens issued before then are refused.
+  [`ALTER TABLE devices ADD COLUMN key_changed_at BIGINT`],
 ];

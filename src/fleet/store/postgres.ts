@@ -19,7 +19,7 @@ import pg from 'pg';
 import { EdgekitError } from '../../util/errors.js';
 import { MIGRATIONS } from './migrations.js';
 import {
-  adminTokenOf, deviceAccessOf, deviceOf, json, memberCountsOf, memberOf, provisioningTokenOf, releaseOf, reportOf, rolloutOf, ROLLOUT_PATCH_COLUMNS, str,
+  adminTokenOf, deviceAccessOf, deviceOf, json, memberCountsOf, memberOf, provisioningTokenOf, releaseOf, reportOf, rolloutOf, ROLLOUT_PATCH_COLUMNS, samePem, str,
   windowsColumn, type Row,
 } from './rows.js';
 import type {
@@ -154,13 +154,22 @@ class PostgresStore implements FleetStore {
   }
 
   async getDeviceAccess(id: string): Promise<DeviceAccess | null> {
-    const r = (await this.q(`SELECT id, status, channel, tags FROM devices WHERE id = $1`, [id])).rows[0];
+    const r = (await this.q(`SELECT id, status, channel, tags, key_changed_at FROM devices WHERE id = $1`, [id])).rows[0];
     return r ? deviceAccessOf(r) : null;
   }
 
-  async insertDevice(d: Pick<DeviceRow, 'id' | 'publicKey' | 'status' | 'channel' | 'tags' | 'createdAt'>): Promise<void> {
-    await this.q(`INSERT INTO devices (id, public_key, status, channel, tags, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING`,
+  async insertDevice(d: Pick<DeviceRow, 'id' | 'publicKey' | 'status' | 'channel' | 'tags' | 'createdAt'>): Promise<boolean> {
+    const r = await this.q(`INSERT INTO devices (id, public_key, status, channel, tags, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING`,
       [d.id, d.publicKey, d.status, d.channel, json([...d.tags].sort()), d.createdAt]);
+    return (r.rowCount ?? 0) > 0;
+  }
+
+  async replaceDeviceKey(id: string, expect: string | null, publicKey: string, at: number): Promise<boolean> {
+    return this.tx(async (c) => {
+      const r = (await this.q(`SELECT public_key FROM devices WHERE id = $1 FOR UPDATE`, [id], c)).rows[0];
+      if (!r || (expect !== null && !samePem(String(r.public_key), expect))) return false;
+      return ((await this.q(`UPDATE devices SET public_key = $1, key_changed_at = $2 WHERE id = $3`, [publicKey, at, id], c)).rowCount ?? 0) > 0;
+    });
   }
 
   async listDevices(q: DeviceQuery): Promise<DeviceRow[]> {

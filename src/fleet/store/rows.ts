@@ -13,6 +13,8 @@ export const json = (v: unknown) => JSON.stringify(v);
 export const parse = <T>(v: unknown): T => JSON.parse(String(v)) as T;
 export const num = (v: unknown) => (v === null || v === undefined ? null : Number(v));
 export const str = (v: unknown) => (v === null || v === undefined ? null : String(v));
+/** Two PEM texts of one key: line breaks and trailing newlines may differ between writers. */
+export const samePem = (a: string, b: string) => a.replace(/\s+/g, '') === b.replace(/\s+/g, '');
 
 export function deviceOf(r: Row, lastReport: StoredReport | null): DeviceRow {
   return {
@@ -29,6 +31,7 @@ export function deviceOf(r: Row, lastReport: StoredReport | null): DeviceRow {
     lastSeen: num(r.last_seen),
     lastReport,
     createdAt: Number(r.created_at),
+    keyChangedAt: num(r.key_changed_at),
   };
 }
 
@@ -36,7 +39,7 @@ export function deviceOf(r: Row, lastReport: StoredReport | null): DeviceRow {
 export const windowsColumn = (w: MaintenanceWindow[]) => (w.length ? json(w) : null);
 
 export function deviceAccessOf(r: Row): DeviceAccess {
-  return { id: String(r.id), status: r.status as DeviceStatus, channel: String(r.channel), tags: parse<string[]>(r.tags) };
+  return { id: String(r.id), status: r.status as DeviceStatus, channel: String(r.channel), tags: parse<string[]>(r.tags), keyChangedAt: num(r.key_changed_at) };
 }
 
 export function reportOf(r: Row): StoredReport {

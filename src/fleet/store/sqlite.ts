@@ -7,7 +7,7 @@ import { EdgekitError } from '../../util/errors.js';
 import { MIGRATIONS } from './migrations.js';
 import { SERVER_CHECKPOINT_PAGES, startCheckpointer, type Checkpointer } from './sqlite-checkpointer.js';
 import {
-  adminTokenOf, deviceAccessOf, deviceOf, json, memberCountsOf, memberOf, parse, provisioningTokenOf, releaseOf, reportOf, rolloutOf, ROLLOUT_PATCH_COLUMNS, str,
+  adminTokenOf, deviceAccessOf, deviceOf, json, memberCountsOf, memberOf, parse, provisioningTokenOf, releaseOf, reportOf, rolloutOf, ROLLOUT_PATCH_COLUMNS, samePem, str,
   windowsColumn, type Row,
 } from './rows.js';
 import type {
@@ -110,14 +110,23 @@ class SqliteStore implements FleetStore {
   }
 
   async getDeviceAccess(id: string): Promise<DeviceAccess | null> {
-    const r = this.q(`SELECT id, status, channel, tags FROM devices WHERE id = ?`).get(id) as Row | undefined;
+    const r = this.q(`SELECT id, status, channel, tags, key_changed_at FROM devices WHERE id = ?`).get(id) as Row | undefined;
     return r ? deviceAccessOf(r) : null;
   }
 
-  async insertDevice(d: Pick<DeviceRow, 'id' | 'publicKey' | 'status' | 'channel' | 'tags' | 'createdAt'>): Promise<void> {
+  async insertDevice(d: Pick<DeviceRow, 'id' | 'publicKey' | 'status' | 'channel' | 'tags' | 'createdAt'>): Promise<boolean> {
     this.commitCheckIns();
-    this.q(`INSERT INTO devices (id, public_key, status, channel, tags, created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`)
-      .run(d.id, d.publicKey, d.status, d.channel, json([...d.tags].sort()), d.createdAt);
+    return this.q(`INSERT INTO devices (id, public_key, status, channel, tags, created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`)
+      .run(d.id, d.publicKey, d.status, d.channel, json([...d.tags].sort()), d.createdAt).changes > 0;
+  }
+
+  async replaceDeviceKey(id: string, expect: string | null, publicKey: string, at: number): Promise<boolean> {
+    this.commitCheckIns();
+    return this.db.transaction(() => {
+      const r = this.q(`SELECT public_key FROM devices WHERE id = ?`).get(id) as Row | undefined;
+      if (!r || (expect !== null && !samePem(String(r.public_key), expect))) return false;
+      return this.q(`UPDATE devices SET public_key = ?, key_changed_at = ? WHERE id = ?`).run(publicKey, at, id).changes > 0;
+    }).immediate();
   }
 
   async listDevices(q: DeviceQuery): Promise<DeviceRow[]> {

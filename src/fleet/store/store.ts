@@ -28,10 +28,12 @@ export interface DeviceRow {
   lastSeen: number | null;
   lastReport: StoredReport | null;
   createdAt: number;
+  /** When the key was last replaced (unix ms); null: the device still has the key it registered with. */
+  keyChangedAt: number | null;
 }
 
 /** What a device's own requests need of its row (its token names the device). */
-export type DeviceAccess = Pick<DeviceRow, 'id' | 'status' | 'channel' | 'tags'>;
+export type DeviceAccess = Pick<DeviceRow, 'id' | 'status' | 'channel' | 'tags' | 'keyChangedAt'>;
 
 export interface StoredReport {
   id: string;
@@ -179,8 +181,14 @@ export interface FleetStore {
   getDevice(id: string): Promise<DeviceRow | null>;
   /** The few fields a device's request needs, read on every check-in (the whole inventory row is not). */
   getDeviceAccess(id: string): Promise<DeviceAccess | null>;
-  /** No-op when the id is taken (another server registered it first). */
-  insertDevice(d: Pick<DeviceRow, 'id' | 'publicKey' | 'status' | 'channel' | 'tags' | 'createdAt'>): Promise<void>;
+  /** No-op when the id is taken (another server registered it first); true when this call inserted it. */
+  insertDevice(d: Pick<DeviceRow, 'id' | 'publicKey' | 'status' | 'channel' | 'tags' | 'createdAt'>): Promise<boolean>;
+  /**
+   * Replaces the device's public key and sets keyChangedAt to `at`. Compare-and-set when `expect`
+   * is given: only while the stored key is still that one (normalised PEM), so two rotations racing
+   * on different servers cannot both win. False when the device is unknown or its key differs.
+   */
+  replaceDeviceKey(id: string, expect: string | null, publicKey: string, at: number): Promise<boolean>;
   listDevices(q: DeviceQuery): Promise<DeviceRow[]>;
   /** The few fields rollout membership needs, for every accepted device of a channel. */
   listRolloutCandidates(channel: string): Promise<RolloutCandidate[]>;

@@ -26,6 +26,8 @@ export const fleetConfigSchema = z.strictObject({
   retry: z.number().positive().default(30),
   /** Reports kept until the server has them; beyond this the oldest progress reports are dropped first. */
   queueLimit: z.number().int().min(8).max(10_000).default(200),
+  /** Replace the device's key by a new one when it is older than this many days; absent: only when asked (`edgekit identity --rotate`). */
+  keyRotationDays: z.number().positive().optional(),
 });
 export type FleetConfig = z.infer<typeof fleetConfigSchema>;
 

@@ -12,6 +12,8 @@
  *              running one. The server's word alone installs nothing.
  *   reports    queued on /data (report-queue.ts) and delivered in order, at once when the server
  *              answers, else before the next check-in
+ *   key        a key rotation under way (`edgekit identity --rotate`, or the key is older than
+ *              fleet.keyRotationDays) is finished before the check-in (device-identity.ts)
  *
  * The agent pass (agent.ts) sees an ordinary MetadataClient and TargetSource: refresh() is the
  * check-in plus the verified refresh, and the target source follows the repository named there.
@@ -26,7 +28,7 @@ import { createMetadataClient, type MetadataClient, type UpdateInfo } from '../r
 import type { Bootchooser, SlotState } from '../slots/bootchooser.js';
 import type { AgentOutcome } from './agent.js';
 import type { AgentConfig, FleetConfig } from './config.js';
-import { loadDeviceIdentity, type DeviceIdentity } from './device-identity.js';
+import { commitKeyRotation, keyAgeDays, loadDeviceIdentity, pendingKey, prepareKeyRotation, type DeviceIdentity } from './device-identity.js';
 import { RefusedReport, ReportQueue } from './report-queue.js';
 import { reportLine, type Report, type Reporter } from './reports.js';
 import { httpTargetsSource, type TargetSource } from './target-source.js';
@@ -174,6 +176,7 @@ export class FleetLink {
     if (this.state.previousVersion) req.previousVersion = this.state.previousVersion;
     let answer;
     try {
+      await this.rotateKeyIfDue();
       // Reports first, in order: the server hears how the last attempt ended before it decides.
       if (await this.deliver()) answer = await this.client.checkIn(req);
     } catch (err) {
@@ -199,6 +202,33 @@ export class FleetLink {
       headers: this.headersFor,
     });
     return this.repoClient.refresh();
+  }
+
+  /**
+   * Finishes a key rotation that was asked for (a `.next` key on /data) or starts one when the key
+   * is older than fleet.keyRotationDays. The server's answer comes before the rename: a device
+   * whose answer was lost still holds `.next` and asks again. Throws when the server cannot be
+   * reached (the check-in would fail too); a refusal is logged and the old key stays in use.
+   */
+  async rotateKeyIfDue(): Promise<boolean> {
+    const { keyFile, keyRotationDays } = this.config.fleet;
+    let next = await pendingKey(keyFile);
+    if (!next && keyRotationDays !== undefined && ((await keyAgeDays(keyFile)) ?? 0) > keyRotationDays) {
+      this.log(`edgekit-agent: the device key is older than ${keyRotationDays} days: replacing it`);
+      next = await prepareKeyRotation(keyFile);
+    }
+    if (!next) return false;
+    try {
+      await this.client.rotateKey(next);
+    } catch (err) {
+      if (!(err instanceof FleetProtocolError) || err.status === 0 || err.status >= 500) throw err;
+      this.log(`edgekit-agent: the fleet server refused the new device key, keeping the old one: ${err.message}`);
+      return false;
+    }
+    await commitKeyRotation(keyFile);
+    this.identity.privateKey = next;
+    this.log(`edgekit-agent: device key replaced; the fleet server knows ${this.deviceId} by the new key`);
+    return true;
   }
 
   private repositoryClient(location: RepositoryLocation, version?: string): MetadataClient {
