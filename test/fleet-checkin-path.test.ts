@@ -170,6 +170,13 @@ describe.each(FLEET_BACKENDS)('the device read of every request (%s)', (backend)
       expect(await store.replaceDeviceKey('dev-a', null, 'pem-3', 9)).toBe(true);
       expect(await store.getDevice('dev-a')).toMatchObject({ publicKey: 'pem-3', keyChangedAt: 9 });
       expect(await store.insertDevice({ id: 'dev-a', publicKey: 'x', status: 'accepted', channel: 'beta', tags: [], createdAt: 2 })).toBe(false);
+      // Leases: free, held by another, renewed by its holder, taken over once expired.
+      expect(await store.takeLease('job', 'srv-a', 100, 0)).toBe(true);
+      expect(await store.takeLease('job', 'srv-b', 200, 50)).toBe(false);
+      expect(await store.takeLease('job', 'srv-a', 300, 60)).toBe(true);
+      expect(await store.takeLease('job', 'srv-b', 400, 299)).toBe(false);
+      expect(await store.takeLease('job', 'srv-b', 400, 301)).toBe(true);
+      expect(await store.takeLease('other', 'srv-a', 400, 301)).toBe(true);
     } finally {
       await store.close();
       await fixture.close();

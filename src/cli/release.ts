@@ -3,6 +3,7 @@ import { publishRelease, republishRelease, withdrawRelease, type Release } from 
 import { EdgekitError } from '../util/errors.js';
 import { printJson } from './output.js';
 import { nowOption, registerRepo } from './repo.js';
+import type { FleetAdminClient } from '../fleet/admin-client.js';
 
 interface ReleaseOpts {
   repo: string;
@@ -15,6 +16,8 @@ interface ReleaseOpts {
   board?: string;
   now?: string;
   json?: boolean;
+  fleet?: string;
+  fleetTokenFile?: string;
 }
 
 /** Registers `release` and its companion `repo` (one entry point keeps main.ts to one line). */
@@ -37,9 +40,14 @@ export function registerRelease(program: Command): void {
     .option('--name <name>', 'with --republish: the image name, when several share the old version')
     .option('--board <board>', 'with --republish: the board, when several share the old version')
     .option('--now <time>', 'sign as of this ISO time instead of the clock')
+    .option('--fleet <url>', 'then add the release to this fleet server\'s channel (the server serves this repository: edgekit serve --repo)')
+    .option('--fleet-token-file <file>', 'with --fleet: an operator admin token (default: $EDGEKIT_FLEET_TOKEN)')
     .option('--json', 'machine-readable output')
     .action(async (image: string | undefined, o: ReleaseOpts, cmd: Command) => {
       for (const flag of ['repo', 'keys', 'version'] as const) if (!o[flag]) throw new EdgekitError(`release: --${flag} is required`);
+      if (o.fleetTokenFile && !o.fleet) throw new EdgekitError('--fleet-token-file needs --fleet <url>');
+      // Asked before anything is signed: a wrong server or token must not leave a release the server never hears of.
+      const fleet = o.fleet ? await fleetFor(o.fleet, o.fleetTokenFile) : undefined;
       const channelGiven = cmd.getOptionValueSource('channel') === 'cli';
       let r: Release;
       if (o.republish) {
@@ -55,11 +63,21 @@ export function registerRelease(program: Command): void {
           },
         });
       }
-      if (o.json) printJson(r);
+      const c = r.custom;
+      let added = false;
+      if (fleet) {
+        try {
+          await fleet.addRelease({ version: c.version, channel: c.channel, board: c.board });
+          added = true;
+        } catch (err) {
+          throw new EdgekitError(`published ${c.version} in ${o.repo}, but ${o.fleet} did not take it: ${(err as Error).message}; add it with: edgekit fleet releases add ${c.version} --channel ${c.channel} --board ${c.board}`);
+        }
+      }
+      if (o.json) printJson(fleet ? { ...r, fleet: { server: o.fleet, added } } : r);
       else {
-        const c = r.custom;
         console.log(`published ${c.name} ${c.version} for ${c.board} in channel ${c.channel}${c.republishedFrom ? ` (the files of ${c.republishedFrom})` : ''}`);
         for (const f of r.files) console.log(`  ${f.path} ${f.length} bytes sha256 ${f.sha256.slice(0, 16)}`);
+        if (added) console.log(`added to channel ${c.channel} on ${o.fleet}: start a rollout with edgekit fleet rollouts create --version ${c.version} --channel ${c.channel}`);
       }
     });
   release
@@ -77,4 +95,16 @@ export function registerRelease(program: Command): void {
       if (o.json) printJson(gone);
       else for (const r of gone) console.log(`withdrew ${r.custom.name} ${r.custom.version} for ${r.custom.board} from channel ${r.custom.channel}`);
     });
+}
+
+/** The fleet server `release --fleet` adds the release to, once its token is known to carry operator scope. */
+async function fleetFor(server: string, tokenFile: string | undefined): Promise<FleetAdminClient> {
+  if (!tokenFile && !process.env.EDGEKIT_FLEET_TOKEN) throw new EdgekitError(`--fleet ${server}: no admin token: give --fleet-token-file <file> or set EDGEKIT_FLEET_TOKEN`);
+  const { clientFrom } = await import('./fleet.js');
+  const client = clientFrom({ server, tokenFile });
+  const who = await client.whoami().catch((err: Error) => {
+    throw new EdgekitError(`--fleet ${server}: ${err.message}`);
+  });
+  if (who.scope === 'read') throw new EdgekitError(`--fleet ${server}: token ${who.tokenId} is read-only; adding a release needs an operator token`);
+  return client;
 }

@@ -9,6 +9,7 @@ interface ServeOptions {
   adminTokenFile?: string;
   repo?: string;
   payloadsUrl?: string;
+  onlineKeys?: string;
   host: string;
   port: string;
   tlsCert?: string;
@@ -25,6 +26,7 @@ export function registerServe(program: Command): void {
     .option('--admin-token-file <file>', 'where the first admin token is written on an empty database (default: <db>.admin-token; fleet.admin-token for PostgreSQL)')
     .option('--repo <dir>', 'the release repository (edgekit repo init / release): served to authenticated devices offered a release; rollout costs are read from its targets metadata')
     .option('--payloads-url <url>', 'with --repo: devices fetch payloads (the targets/ folder) from this static host or CDN instead')
+    .option('--online-keys <dir>', 'with --repo: the snapshot and timestamp keys (only those); the server re-signs that metadata before it expires')
     .option('--host <address>', 'address to listen on', '127.0.0.1')
     .option('--port <n>', 'port to listen on (0: any free port)', '8480')
     .option('--tls-cert <file>', 'serve HTTPS with this PEM certificate (chain); needs --tls-key')
@@ -46,8 +48,12 @@ export function registerServe(program: Command): void {
       if (o.repo && !existsSync(join(o.repo, 'metadata', 'timestamp.json'))) {
         throw new EdgekitError(`--repo ${o.repo}: not a release repository (no metadata/timestamp.json; make one with edgekit repo init)`);
       }
+      if (o.onlineKeys && !o.repo) throw new EdgekitError('--online-keys needs --repo (the repository whose snapshot and timestamp the server re-signs)');
+      const signing = o.onlineKeys ? await import('../fleet/repo-signer.js') : undefined;
+      if (signing && o.onlineKeys) await signing.checkOnlineKeys(o.onlineKeys);
       const { store, defaultAdminTokenFile } = await openFleetStore(o.db, { log });
       let running: Awaited<ReturnType<typeof startFleetServer>>;
+      let signer: import('../fleet/repo-signer.js').RepoSigner | undefined;
       try {
         const service = await FleetService.open(store);
         // Written once, readable by the owner only: the only copy of the first admin token.
@@ -64,13 +70,18 @@ export function registerServe(program: Command): void {
         running = await startFleetServer({ service, host: o.host, port, tls, repo: o.repo, payloadsUrl, dashboard: o.dashboard, log });
         process.stdout.write(`edgekit serve: listening on ${running.url}${o.repo ? ` (release repository ${o.repo})` : ''}\n`);
         if (o.dashboard) process.stdout.write(`edgekit serve: dashboard at ${running.url}/dashboard/ (sign in with an admin token)\n`);
+        if (signing && o.repo && o.onlineKeys) {
+          const repo = o.repo;
+          signer = new signing.RepoSigner({ repo, keys: o.onlineKeys, store, log, audit: (d) => service.audit(null, 'repo.sign', repo, d) });
+          signer.start();
+        }
       } catch (err) {
         // An open pool would keep the process alive after the error is printed.
         await store.close().catch(() => {});
         throw err;
       }
       const stop = () => {
-        void running.close().then(() => store.close()).then(() => process.exit(0));
+        void Promise.all([running.close(), signer?.stop()]).then(() => store.close()).then(() => process.exit(0));
       };
       process.once('SIGTERM', stop);
       process.once('SIGINT', stop);

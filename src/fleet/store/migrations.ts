@@ -48,4 +48,7 @@ export const MIGRATIONS: string[][] = [
   // 4: when a device's key was last replaced (rotated by the device or set by an operator; unix ms,
   // NULL: never). Device tokens issued before then are refused.
   [`ALTER TABLE devices ADD COLUMN key_changed_at BIGINT`],
+  // 5: leases, so that of several servers sharing the database one does a job at a time (re-signing
+  // the repository's snapshot and timestamp).
+  [`CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until_ms BIGINT NOT NULL)`],
 ];

@@ -351,6 +351,12 @@ class PostgresStore implements FleetStore {
     return ((await this.q(`INSERT INTO used_nonces (nonce, expires_at) VALUES ($1, $2) ON CONFLICT (nonce) DO NOTHING`, [nonce, expiresAt])).rowCount ?? 0) > 0;
   }
 
+  async takeLease(name: string, holder: string, until: number, now: number): Promise<boolean> {
+    const r = await this.q(`INSERT INTO leases (name, holder, until_ms) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, until_ms = EXCLUDED.until_ms
+      WHERE leases.until_ms < $4 OR leases.holder = EXCLUDED.holder`, [name, holder, until, now]);
+    return (r.rowCount ?? 0) > 0;
+  }
+
   async pruneNonces(before: number): Promise<void> {
     await this.q(`DELETE FROM used_nonces WHERE expires_at < $1`, [before]);
   }

@@ -357,6 +357,11 @@ class SqliteStore implements FleetStore {
     this.q(`DELETE FROM used_nonces WHERE expires_at < ?`).run(before);
   }
 
+  async takeLease(name: string, holder: string, until: number, now: number): Promise<boolean> {
+    return this.q(`INSERT INTO leases (name, holder, until_ms) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+      WHERE leases.until_ms < ? OR leases.holder = excluded.holder`).run(name, holder, until, now).changes > 0;
+  }
+
   async appendAudit(a: Omit<AuditRow, 'seq'>): Promise<void> {
     this.db.transaction(() => this.audit(a))();
   }

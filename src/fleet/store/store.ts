@@ -250,6 +250,12 @@ export interface FleetStore {
   /** Forgets used nonces that expired before `before` (they can no longer be presented). */
   pruneNonces(before: number): Promise<void>;
 
+  /**
+   * Takes or renews the lease `name` for `holder` until `until` (unix ms): true when it is free,
+   * expired (before `now`) or already this holder's; false while another holder has it.
+   */
+  takeLease(name: string, holder: string, until: number, now: number): Promise<boolean>;
+
   /** Audit entries get consecutive sequence numbers in commit order. */
   appendAudit(a: Omit<AuditRow, 'seq'>): Promise<void>;
   listAudit(limit: number): Promise<AuditRow[]>;
