@@ -57,8 +57,9 @@ describe.each(FLEET_BACKENDS)('repository keys on the fleet server (%s)', (backe
     const tokenFile = fixture.adminTokenFile;
     // A SQLite file has one server; servers share a PostgreSQL database.
     const count = backend === 'postgres' ? 2 : 1;
-    // One after the other: the first writes the first admin token to tokenFile; both check at start.
-    for (let i = 0; i < count; i++) servers.push(await startServerProcess(fixture.db, ['--admin-token-file', tokenFile, '--repo', repo, '--online-keys', online]));
+    // Started at the same moment on an empty database with one token file: one writes the first admin token.
+    const started = Array.from({ length: count }, () => startServerProcess(fixture.db, ['--admin-token-file', tokenFile, '--repo', repo, '--online-keys', online]));
+    servers.push(...(await Promise.all(started)));
     const admin = await adminToken(fixture.db, tokenFile);
     let entries: Array<{ action: string; actor: string; detail: any }> = [];
     for (let i = 0; i < 100 && !entries.length; i++) {

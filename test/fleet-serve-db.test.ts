@@ -3,7 +3,7 @@
  * nothing and never print a password.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -42,5 +42,19 @@ describe('edgekit serve --db', () => {
     expect(r.stderr.trim()).toMatch(/^edgekit: postgres:\/\/fleet:\*\*\*@127\.0\.0\.1:1\/fleet: cannot connect to PostgreSQL: .*ECONNREFUSED/);
     expect(r.stderr).not.toContain('hunter2');
     expect(r.stdout).toBe('');
+  });
+
+  it('a token file left from an earlier database is an error naming it, and no admin token is stored', () => {
+    const file = join(dir, 'stale.db');
+    const tokenFile = join(dir, 'stale.token');
+    writeFileSync(tokenFile, 'adm_from_an_earlier_database\n');
+    const r = spawnSync('node', ['bin/edgekit.js', 'serve', '--db', file, '--admin-token-file', tokenFile, '--port', '0'], { encoding: 'utf8', timeout: 60_000 });
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim()).toBe(`edgekit: ${tokenFile}: cannot write the first admin token: EEXIST`);
+    expect(readFileSync(tokenFile, 'utf8')).toBe('adm_from_an_earlier_database\n');
+    // Started again with a fresh file: it bootstraps then (nothing was stored the first time).
+    rmSync(tokenFile);
+    const again = spawnSync('node', ['bin/edgekit.js', 'serve', '--db', file, '--admin-token-file', tokenFile, '--port', '0'], { encoding: 'utf8', timeout: 5_000 });
+    expect(again.stdout).toContain(`first admin token written to ${tokenFile}`);
   });
 });

@@ -58,11 +58,18 @@ export function registerServe(program: Command): void {
         const service = await FleetService.open(store);
         // Written once, readable by the owner only: the only copy of the first admin token.
         const file = o.adminTokenFile ?? defaultAdminTokenFile;
-        const keep = async (token: string) => {
-          await writeFile(file, `${token}\n`, { mode: 0o600, flag: 'wx' }).catch((err: NodeJS.ErrnoException) => {
-            throw new EdgekitError(`${file}: cannot write the first admin token: ${err.code ?? err.message}`);
-          });
+        const keep = async (token: string): Promise<boolean> => {
+          try {
+            await writeFile(file, `${token}\n`, { mode: 0o600, flag: 'wx' });
+          } catch (err) {
+            const code = (err as NodeJS.ErrnoException).code;
+            // Another server on this machine, started at the same moment, is writing its first token
+            // there: it stores it in a moment. A file left from an earlier database stays an error.
+            if (code === 'EEXIST' && (await adminTokenAppears(service))) return false;
+            throw new EdgekitError(`${file}: cannot write the first admin token: ${code ?? (err as Error).message}`);
+          }
           await chmod(file, 0o600);
+          return true;
         };
         if (await service.bootstrapAdminToken(keep, () => rm(file, { force: true }))) {
           process.stdout.write(`edgekit serve: first admin token written to ${file}\n`);
@@ -86,6 +93,15 @@ export function registerServe(program: Command): void {
       process.once('SIGTERM', stop);
       process.once('SIGINT', stop);
     });
+}
+
+/** Whether another server stores the first admin token within a few seconds. */
+async function adminTokenAppears(service: { store: { countAdminTokens(): Promise<number> } }): Promise<boolean> {
+  for (let i = 0; i < 50; i++) {
+    if ((await service.store.countAdminTokens()) > 0) return true;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return false;
 }
 
 async function readPem(file: string, option: string): Promise<Buffer> {

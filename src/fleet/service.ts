@@ -57,14 +57,15 @@ export class FleetService {
 
   /**
    * Creates the first admin token when there is none. `keep` saves it for the operator before it is
-   * stored (so a token that could not be saved never locks anyone out); returns the token or null
-   * when there was one already. Several servers may start at once on an empty database: the store
-   * lets one of them win, and the others' `discard` undoes their `keep`.
+   * stored (so a token that could not be saved never locks anyone out); it answers false when another
+   * server got there first (then nothing is stored). Returns the token or null when there was one
+   * already. Several servers may start at once on an empty database: the store lets one of them
+   * win, and the others' `discard` undoes their `keep`.
    */
-  async bootstrapAdminToken(keep: (token: string) => Promise<void>, discard: () => Promise<void>): Promise<string | null> {
+  async bootstrapAdminToken(keep: (token: string) => Promise<boolean>, discard: () => Promise<void>): Promise<string | null> {
     if ((await this.store.countAdminTokens()) > 0) return null;
     const { token, row, hash } = this.newAdminToken('bootstrap', 'admin');
-    await keep(token);
+    if (!(await keep(token))) return null;
     if (!(await this.store.insertFirstAdminToken({ ...row, hash }))) {
       await discard();
       return null;
