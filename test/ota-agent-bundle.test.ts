@@ -8,12 +8,12 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { startAgentServer } from './helpers/ota-agent-server.js';
-import { mkdirSync, readFileSync, writeFileSync, truncateSync, existsSync, openSync, writeSync, closeSync, readdirSync, statSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync, existsSync, openSync, writeSync, closeSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { REPO, edgekit, testDir } from './helpers/built-images.js';
 import { gatewayImages } from './helpers/ota-repo-fixtures.js';
-import { bundleAgent } from './helpers/ota-agent-images.js';
+import { bundleAgent, devicePartitionFiles } from './helpers/ota-agent-images.js';
 import { extractRange, sh } from './helpers/image-bytes.js';
 import { peakRss, writeRssProbe } from './helpers/rss-probe.js';
 import { mtoolsPaths, mtoolsRead } from './helpers/fat-tools.js';
@@ -45,13 +45,7 @@ async function prepare(name: string) {
   await publishRelease({ image: v2.image, repo, version: '1.1', keys, deltas: [{ file: deltaFile, fromVersion: '1.0', fromSha256: pay(m1).sha256, info: info as unknown as Record<string, unknown> }] });
 
   // The device: its boot partition and slots as files, named like /dev/vda1.. are.
-  const part = (role: string) => m1.partitions.find((p) => p.role === role)!;
-  extractRange(v1.image, part('boot').start, part('boot').size, join(dir, 'dev', 'part1'));
-  extractRange(v1.image, part('system-a').start, part('system-a').size, join(dir, 'dev', 'part2'));
-  writeFileSync(join(dir, 'dev', 'part3'), '');
-  truncateSync(join(dir, 'dev', 'part3'), part('system-b').size);
-  const partitions = join(dir, 'partitions');
-  writeFileSync(partitions, `table gpt\ndisk ${join(dir, 'dev', 'part')}\npart boot 1\npart system-a 2\npart system-b 3\n`);
+  const partitions = devicePartitionFiles(v1.image, m1, dir);
   const config = JSON.parse(agentConfigText(agentConfigFor({ name: 'gateway', version: '1.0', update: { channel: 'stable' } }, loadBoard('qemu-x86_64').value)));
   Object.assign(config, { trustedRoot: join(repo, 'metadata', 'root.json'), stateDir: join(dir, 'state') });
   writeFileSync(join(dir, 'update.json'), JSON.stringify(config));

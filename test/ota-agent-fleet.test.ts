@@ -10,14 +10,14 @@
  * SQLite file.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { execFileSync, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { REPO, edgekit, testDir, type BuiltImage } from './helpers/built-images.js';
 import { gatewayImages } from './helpers/ota-repo-fixtures.js';
-import { agentRepo, bundleAgent, type AgentRepo } from './helpers/ota-agent-images.js';
+import { agentRepo, bundleAgent, devicePartitionFiles, type AgentRepo } from './helpers/ota-agent-images.js';
 import { bootedVersion, simAgentDevice, simHost, type SimAgentSetup } from './helpers/ota-agent-sim.js';
 import { adminToken, api, startServerProcess, type ServerProcess } from './helpers/fleet-server.js';
 import { extractRange, sh } from './helpers/image-bytes.js';
@@ -428,7 +428,7 @@ describe('bundled agent (agent.mjs) managed by edgekit serve', () => {
     mkdirSync(join(home, 'config'), { recursive: true });
     writeFileSync(join(home, 'config', 'device-id'), 'gw-bundle-0001\n');
     writeFileSync(join(home, 'config', 'provisioning-token'), `${token}\n`);
-    const partitions = devicePartitions(home);
+    const partitions = devicePartitionFiles(v1.image, m1, home);
     // update.json as the builder writes it for `update: { fleet: { server } }`, with the paths moved into the test folder.
     const config = JSON.parse(agentConfigText(agentConfigFor({ name: 'gateway', version: '1.0', update: { channel: 'stable', fleet: { server: url } } }, loadBoard('qemu-x86_64').value)));
     expect(config.fleet).toEqual({ server: url, keyFile: '/data/edgekit/device-key.pem', configDir: '/config', retry: 30, queueLimit: 200 });
@@ -463,7 +463,7 @@ describe('bundled agent (agent.mjs) managed by edgekit serve', () => {
     // The same device image without a provisioning token: pending, nothing written.
     const pendingHome = join(dir, 'bundle-pending');
     mkdirSync(join(pendingHome, 'config'), { recursive: true });
-    const pendingPartitions = devicePartitions(pendingHome);
+    const pendingPartitions = devicePartitionFiles(v1.image, m1, pendingHome);
     const before = [1, 3].map((n) => sha256Of(join(pendingHome, 'dev', `part${n}`)));
     const pendingConfig = { ...config, stateDir: join(pendingHome, 'data', 'update'), fleet: { ...config.fleet, keyFile: join(pendingHome, 'data', 'device-key.pem'), configDir: join(pendingHome, 'config') } };
     writeFileSync(join(pendingHome, 'update.json'), JSON.stringify(pendingConfig));
@@ -476,19 +476,6 @@ describe('bundled agent (agent.mjs) managed by edgekit serve', () => {
     expect(readdirSync(join(pendingHome, 'data', 'update'))).not.toContain('download');
   }, 900_000);
 });
-
-/** A device whose boot partition and slots are files (named like /dev/vda1.. are); returns its partition map. */
-function devicePartitions(home: string): string {
-  mkdirSync(join(home, 'dev'), { recursive: true });
-  const part = (role: string) => m1.partitions.find((p) => p.role === role)!;
-  extractRange(v1.image, part('boot').start, part('boot').size, join(home, 'dev', 'part1'));
-  extractRange(v1.image, part('system-a').start, part('system-a').size, join(home, 'dev', 'part2'));
-  writeFileSync(join(home, 'dev', 'part3'), '');
-  truncateSync(join(home, 'dev', 'part3'), part('system-b').size);
-  const partitions = join(home, 'partitions');
-  writeFileSync(partitions, `table gpt\ndisk ${join(home, 'dev', 'part')}\npart boot 1\npart system-a 2\npart system-b 3\n`);
-  return partitions;
-}
 
 const sha256Of = (file: string) => createHash('sha256').update(readFileSync(file)).digest('hex');
 

@@ -5,79 +5,31 @@
  * The bootchooser is the one the image names (manifest and update.json: uboot).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { closeSync, mkdirSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createHash } from 'node:crypto';
-import { gatewayImages } from './helpers/ota-repo-fixtures.js';
-import { testDir, type BuiltImage } from './helpers/built-images.js';
-import { agentRepo, publish, type AgentRepo } from './helpers/ota-agent-images.js';
-import { startAgentServer, type AgentServer } from './helpers/ota-agent-server.js';
-import { agentPass, bootedVersion, serviceReboot, simAgentDevice, type SimAgentSetup } from './helpers/ota-agent-sim.js';
+import { testDir } from './helpers/built-images.js';
+import { agentSimFixture, expectBootedVerifies, reportStates, type AgentSimFixture } from './helpers/agent-sim-fixture.js';
+import { agentPass, bootedVersion, serviceReboot, type SimAgentSetup } from './helpers/ota-agent-sim.js';
 import { expectFsckClean, mtoolsPaths, mtoolsRead } from './helpers/fat-tools.js';
 import { fwConfig, fwPrintenv } from './helpers/uboot-env-tools.js';
-import { verifyVerity } from '../src/fs/verity.js';
-import { FatReader } from '../src/fs/fat-reader.js';
 import { PowerCut } from '../src/ota/sim/sim-disk.js';
 import { cuttingSteps, type UpdateStepName } from '../src/ota/sim/step-driver.js';
 import { ubootChain } from '../src/ota/sim/boot-chains.js';
-import type { SignedManifest, ImageManifest } from '../src/image/manifest.js';
 
-let v1: BuiltImage;
-let v2: BuiltImage;
-let m1: ImageManifest;
-let repo: AgentRepo;
-let server: AgentServer;
-let versions: Map<string, string>;
-let working: Set<string>;
-let runs = 0;
-
-const manifestOf = (b: BuiltImage) => (JSON.parse(readFileSync(b.manifest, 'utf8')) as SignedManifest).signed;
-const rootHash = (m: ImageManifest) => m.payloads.find((p) => p.partition === 'system-a')!.verity!.rootHash;
+let f: AgentSimFixture;
 
 beforeAll(async () => {
-  ({ v1, v2 } = await gatewayImages('rpi4'));
-  m1 = manifestOf(v1);
-  repo = await agentRepo('agent-rpi');
-  await publish(repo, v2.image, '1.1');
-  server = await startAgentServer(repo.repo);
-  versions = new Map([[rootHash(m1), '1.0'], [rootHash(manifestOf(v2)), '1.1']]);
-  const reader = await FatReader.open(v1.image, m1.partitions.find((p) => p.role === 'boot')!.start);
-  working = new Set([createHash('sha256').update(await reader.readFile(m1.slots.a.kernel)).digest('hex')]);
-  await reader.close();
+  f = await agentSimFixture('agent-rpi', 'rpi4');
+  expect(f.m1.bootchooser).toBe('uboot');
 }, 900_000);
 
 afterAll(async () => {
-  await server?.close();
+  await f?.close();
 });
 
-async function device(): Promise<SimAgentSetup> {
-  const dir = join(testDir(), 'agent-rpi', String(runs++));
-  mkdirSync(dir, { recursive: true });
-  expect(m1.bootchooser).toBe('uboot');
-  const s = await simAgentDevice({
-    image: v1.image,
-    manifest: m1,
-    copy: join(testDir(), 'agent-rpi', 'disk.img'),
-    workingKernels: working,
-    versions,
-    stateDir: join(dir, 'state'),
-    trustedRoot: repo.root,
-    server: server.url,
-    chain: ubootChain('rpi4'),
-  });
-  await s.dev.powerOn();
-  return s;
-}
-
-function bootFile(s: SimAgentSetup): string {
-  const out = join(testDir(), 'agent-rpi', 'boot.img');
-  const buf = Buffer.alloc(s.dev.layout.boot.size);
-  const fd = openSync(s.dev.disk.path, 'r');
-  readSync(fd, buf, 0, buf.length, s.dev.layout.boot.start);
-  closeSync(fd);
-  writeFileSync(out, buf);
-  return out;
-}
+const device = () => f.device({ chain: ubootChain('rpi4') });
+const bootFile = (s: SimAgentSetup) => f.bootPartition(s);
+const states = reportStates;
 
 /** uboot.env as fw_printenv reads it off the boot partition. */
 function cardEnv(s: SimAgentSetup): Record<string, string> {
@@ -85,15 +37,6 @@ function cardEnv(s: SimAgentSetup): Record<string, string> {
   writeFileSync(file, mtoolsRead(bootFile(s), 'uboot.env'));
   return fwPrintenv(fwConfig(join(testDir(), 'agent-rpi'), [file], 0x4000));
 }
-
-async function expectBootedVerifies(s: SimAgentSetup): Promise<void> {
-  const b = s.dev.booted!;
-  const m = /edgekit\.verity=([0-9a-f]+):([0-9a-f]*):(\d+):(\d+)/.exec(b.cmdline)!;
-  const r = await verifyVerity(s.dev.disk.path, { offset: s.dev.layout.slots[b.slot].start, rootHash: m[1], salt: m[2], dataBlocks: Number(m[3]), hashOffset: Number(m[4]) * 4096 });
-  expect(r.ok, JSON.stringify(r)).toBe(true);
-}
-
-const states = (s: SimAgentSetup) => s.reports.filter((r) => r.state !== 'checking').map((r) => `${r.state}${r.version ? ' ' + r.version : ''}`);
 
 describe('update agent on a simulated Raspberry Pi 4 (U-Boot boot counter)', () => {
   it('installs 1.1 into slot B, U-Boot tries it, the agent commits; it stays through power cuts and counter start-overs', async () => {

@@ -7,96 +7,38 @@
  * image file) and the boot partition with fsck.vfat and mtools.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readFileSync, openSync, readSync, closeSync, writeFileSync, mkdirSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { gatewayImages } from './helpers/ota-repo-fixtures.js';
-import { testDir, type BuiltImage } from './helpers/built-images.js';
-import { agentRepo, publish, type AgentRepo } from './helpers/ota-agent-images.js';
-import { startAgentServer, type AgentServer } from './helpers/ota-agent-server.js';
-import { agentPass, bootedVersion, simAgentDevice, type SimAgentSetup } from './helpers/ota-agent-sim.js';
+import { Readable } from 'node:stream';
+import type { AgentRepo } from './helpers/ota-agent-images.js';
+import type { AgentServer } from './helpers/ota-agent-server.js';
+import { agentSimFixture, expectBootedVerifies, reportStates, type AgentSimFixture } from './helpers/agent-sim-fixture.js';
+import { agentPass, bootedVersion, type SimAgentSetup } from './helpers/ota-agent-sim.js';
 import { expectFsckClean, mtoolsPaths } from './helpers/fat-tools.js';
-import { verifyVerity } from '../src/fs/verity.js';
-import { FatReader } from '../src/fs/fat-reader.js';
 import { PowerCut } from '../src/ota/sim/sim-disk.js';
 import { cuttingSteps, type UpdateStepName } from '../src/ota/sim/step-driver.js';
-import type { SignedManifest, ImageManifest } from '../src/image/manifest.js';
 import type { TargetSource } from '../src/ota/agent/target-source.js';
 import { StateStore } from '../src/ota/agent/state.js';
 import type { AgentConfigInput } from '../src/ota/agent/config.js';
 import { freePort } from './helpers/qemu-image.js';
-import { createHash } from 'node:crypto';
-import { Readable } from 'node:stream';
-import { readdirSync, statSync } from 'node:fs';
 
-let v1: BuiltImage;
-let v2: BuiltImage;
-let m1: ImageManifest;
-let m2: ImageManifest;
+let f: AgentSimFixture;
 let repo: AgentRepo;
 let server: AgentServer;
-let versions: Map<string, string>;
-let working: Set<string>;
-let runs = 0;
-
-const manifestOf = (b: BuiltImage) => (JSON.parse(readFileSync(b.manifest, 'utf8')) as SignedManifest).signed;
-const rootHash = (m: ImageManifest) => m.payloads.find((p) => p.partition === 'system-a')!.verity!.rootHash;
 
 beforeAll(async () => {
-  ({ v1, v2 } = await gatewayImages());
-  m1 = manifestOf(v1);
-  m2 = manifestOf(v2);
-  repo = await agentRepo('agent-sim');
-  await publish(repo, v2.image, '1.1');
-  server = await startAgentServer(repo.repo);
-  versions = new Map([[rootHash(m1), '1.0'], [rootHash(m2), '1.1']]);
-  const reader = await FatReader.open(v1.image, m1.partitions.find((p) => p.role === 'boot')!.start);
-  working = new Set([createHash('sha256').update(await reader.readFile(m1.slots.a.kernel)).digest('hex')]);
-  await reader.close();
+  f = await agentSimFixture('agent-sim');
+  ({ repo, server } = f);
 }, 900_000);
 
 afterAll(async () => {
-  await server?.close();
+  await f?.close();
 });
 
-async function device(opts: { server?: string; config?: Partial<AgentConfigInput> } = {}): Promise<SimAgentSetup> {
-  const dir = join(testDir(), 'agent-sim', String(runs++));
-  mkdirSync(dir, { recursive: true });
-  const s = await simAgentDevice({
-    image: v1.image,
-    manifest: m1,
-    copy: join(testDir(), 'agent-sim', 'disk.img'),
-    workingKernels: working,
-    versions,
-    stateDir: join(dir, 'state'),
-    trustedRoot: repo.root,
-    server: opts.server ?? server.url,
-    config: opts.config,
-  });
-  await s.dev.powerOn();
-  return s;
-}
-
-/** The running slot verifies on the image file against the root hash its boot entry names. */
-function expectBootedVerifies(s: SimAgentSetup): Promise<void> {
-  const b = s.dev.booted!;
-  const m = /edgekit\.verity=([0-9a-f]+):([0-9a-f]*):(\d+):(\d+)/.exec(b.cmdline)!;
-  return verifyVerity(s.dev.disk.path, { offset: s.dev.layout.slots[b.slot].start, rootHash: m[1], salt: m[2], dataBlocks: Number(m[3]), hashOffset: Number(m[4]) * 4096 }).then((r) => {
-    expect(r.ok, JSON.stringify(r)).toBe(true);
-  });
-}
-
-function espFile(s: SimAgentSetup): string {
-  const out = join(testDir(), 'agent-sim', 'esp.img');
-  const buf = Buffer.alloc(s.dev.layout.boot.size);
-  const fd = openSync(s.dev.disk.path, 'r');
-  readSync(fd, buf, 0, buf.length, s.dev.layout.boot.start);
-  closeSync(fd);
-  writeFileSync(out, buf);
-  return out;
-}
-
+const device = (o: { server?: string; config?: Partial<AgentConfigInput> } = {}) => f.device(o);
+const espFile = (s: SimAgentSetup) => f.bootPartition(s);
 const payloadRequests = () => server.requests.filter((r) => r.includes('system.squashfs'));
-const states = (s: SimAgentSetup) => s.reports.filter((r) => r.state !== 'checking').map((r) => `${r.state}${r.version ? ' ' + r.version : ''}`);
+const states = reportStates;
 
 /** Runs the agent after every boot, as the service does, until it commits or `rounds` run out. */
 async function untilCommitted(s: SimAgentSetup, opts: Parameters<typeof agentPass>[1] = {}, rounds = 8): Promise<void> {

@@ -5,8 +5,10 @@
  */
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { extractRange } from './image-bytes.js';
+import type { ImageManifest } from '../../src/image/manifest.js';
 import { REPO, builtImage, edgekit, testDir, type BuiltImage } from './built-images.js';
 import { stringify } from 'yaml';
 import type { UpdateSection } from '../../src/build/update-config.js';
@@ -83,4 +85,20 @@ function createTag(o: AgentImageOptions): string {
 export async function publish(repo: AgentRepo, image: string, version: string, extra: string[] = []): Promise<void> {
   const r = await edgekit(['release', image, '--repo', repo.repo, '--keys', repo.keys, '--version', version, ...extra]);
   if (r.code !== 0) throw new Error(`release ${version}: ${r.stderr}`);
+}
+
+/**
+ * A device whose boot partition and slots are files named like /dev/vda1.. are: the boot partition
+ * and slot A cut from `image`, slot B empty. Returns its partition map (for `--partitions`).
+ */
+export function devicePartitionFiles(image: string, manifest: ImageManifest, home: string): string {
+  mkdirSync(join(home, 'dev'), { recursive: true });
+  const part = (role: string) => manifest.partitions.find((p) => p.role === role)!;
+  extractRange(image, part('boot').start, part('boot').size, join(home, 'dev', 'part1'));
+  extractRange(image, part('system-a').start, part('system-a').size, join(home, 'dev', 'part2'));
+  writeFileSync(join(home, 'dev', 'part3'), '');
+  truncateSync(join(home, 'dev', 'part3'), part('system-b').size);
+  const partitions = join(home, 'partitions');
+  writeFileSync(partitions, `table gpt\ndisk ${join(home, 'dev', 'part')}\npart boot 1\npart system-a 2\npart system-b 3\n`);
+  return partitions;
 }
