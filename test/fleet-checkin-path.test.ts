@@ -177,6 +177,11 @@ describe.each(FLEET_BACKENDS)('the device read of every request (%s)', (backend)
       expect(await store.takeLease('job', 'srv-b', 400, 299)).toBe(false);
       expect(await store.takeLease('job', 'srv-b', 400, 301)).toBe(true);
       expect(await store.takeLease('other', 'srv-a', 400, 301)).toBe(true);
+      // Given up: only by its holder, and then free for another at once.
+      await store.releaseLease('job', 'srv-a');
+      expect(await store.takeLease('job', 'srv-a', 500, 302)).toBe(false);
+      await store.releaseLease('job', 'srv-b');
+      expect(await store.takeLease('job', 'srv-a', 500, 302)).toBe(true);
     } finally {
       await store.close();
       await fixture.close();

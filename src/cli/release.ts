@@ -1,12 +1,14 @@
 import type { Command } from 'commander';
 import { publishRelease, republishRelease, withdrawRelease, type Release } from '../ota/repo/index.js';
+import type { DeltaInfo } from '../ota/delta/make.js';
+import type { RemoteRelease } from '../fleet/remote-publish.js';
 import { EdgekitError } from '../util/errors.js';
 import { printJson } from './output.js';
 import { nowOption, registerRepo } from './repo.js';
 import type { FleetAdminClient } from '../fleet/admin-client.js';
 
 interface ReleaseOpts {
-  repo: string;
+  repo?: string;
   version: string;
   channel?: string;
   keys: string;
@@ -31,8 +33,8 @@ export function registerRelease(program: Command): void {
     .argument('[image]', 'a built .img (its embedded manifest says what goes into the release)')
     .description('publish a built image as a signed release; --republish <old> rolls a fleet back under a new version')
     // Checked in the action: commander would demand a parent's required options from `withdraw` too.
-    .option('--repo <dir>', 'the release repository (edgekit repo init)')
-    .option('--keys <dir>', 'role keys (targets, snapshot, timestamp)')
+    .option('--repo <dir>', 'the release repository (edgekit repo init); without it, --fleet publishes to the server\'s repository over HTTP')
+    .option('--keys <dir>', 'role keys (targets, snapshot, timestamp; only targets when publishing to a fleet server without --repo)')
     .option('--version <v>', 'release version; higher than every release in the channel')
     .option('--channel <c>', 'release channel', 'stable')
     .option('--delta-from <versions...>', 'also publish root deltas from these earlier releases (devices on them download only what changed)')
@@ -40,43 +42,65 @@ export function registerRelease(program: Command): void {
     .option('--name <name>', 'with --republish: the image name, when several share the old version')
     .option('--board <board>', 'with --republish: the board, when several share the old version')
     .option('--now <time>', 'sign as of this ISO time instead of the clock')
-    .option('--fleet <url>', 'then add the release to this fleet server\'s channel (the server serves this repository: edgekit serve --repo)')
+    .option('--fleet <url>', 'add the release to this fleet server\'s channel; without --repo, first upload it to the server (started with --repo and --online-keys), which signs snapshot and timestamp')
     .option('--fleet-token-file <file>', 'with --fleet: an operator admin token (default: $EDGEKIT_FLEET_TOKEN)')
     .option('--json', 'machine-readable output')
+    .addHelpText('after', `
+Publishing to a fleet server over HTTP (no --repo): the server's current metadata is fetched and
+checked, the release is signed here with the targets key only, the files the server lacks are
+uploaded (progress on stderr), then the signed targets metadata; the server writes snapshot and
+timestamp with its online keys and the release is added to the channel.
+
+Examples:
+  edgekit release out/gateway-qemu-x86_64.img --repo repo --keys keys --version 1.1 --delta-from 1.0
+  edgekit release out/gateway-qemu-x86_64.img --fleet https://fleet.example:8480 --keys keys \\
+      --fleet-token-file operator.token --version 1.1 --delta-from 1.0`)
     .action(async (image: string | undefined, o: ReleaseOpts, cmd: Command) => {
-      for (const flag of ['repo', 'keys', 'version'] as const) if (!o[flag]) throw new EdgekitError(`release: --${flag} is required`);
+      if (!o.repo && !o.fleet) throw new EdgekitError('release: --repo <dir> is required (or --fleet <url> to publish to a fleet server\'s repository)');
+      for (const flag of ['keys', 'version'] as const) if (!o[flag]) throw new EdgekitError(`release: --${flag} is required`);
       if (o.fleetTokenFile && !o.fleet) throw new EdgekitError('--fleet-token-file needs --fleet <url>');
+      const remote = !o.repo;
+      if (remote && o.republish) throw new EdgekitError('--republish needs --repo: a release is republished in a repository folder the server serves (remote republishing is not supported yet)');
       // Asked before anything is signed: a wrong server or token must not leave a release the server never hears of.
       const fleet = o.fleet ? await fleetFor(o.fleet, o.fleetTokenFile) : undefined;
       const channelGiven = cmd.getOptionValueSource('channel') === 'cli';
-      let r: Release;
+      const onDelta = (from: string, d: DeltaInfo) => {
+        if (!o.json) console.error(`delta from ${from}: ${d.bytes} bytes (${d.changedFiles} files diffed, ${d.copiedBytes} bytes copied from the running slot)`);
+      };
+      let r: Release | RemoteRelease;
       if (o.republish) {
         if (image) throw new EdgekitError(`give either an image or --republish ${o.republish}, not both`);
         if (o.deltaFrom) throw new EdgekitError('--delta-from makes deltas for a new image; a republished release reuses old files');
-        r = await republishRelease({ repo: o.repo, from: o.republish, version: o.version, channel: channelGiven ? o.channel : undefined, name: o.name, board: o.board, keys: o.keys, now: nowOption(o.now) });
+        r = await republishRelease({ repo: o.repo!, from: o.republish, version: o.version, channel: channelGiven ? o.channel : undefined, name: o.name, board: o.board, keys: o.keys, now: nowOption(o.now) });
       } else {
         if (!image) throw new EdgekitError('release: name the built image to publish (or --republish <old-version>)');
-        r = await publishRelease({
-          image, repo: o.repo, version: o.version, channel: o.channel, keys: o.keys, now: nowOption(o.now), deltaFrom: o.deltaFrom,
-          onDelta: (from, d) => {
-            if (!o.json) console.error(`delta from ${from}: ${d.bytes} bytes (${d.changedFiles} files diffed, ${d.copiedBytes} bytes copied from the running slot)`);
-          },
-        });
+        const common = { image, version: o.version, channel: o.channel, keys: o.keys, now: nowOption(o.now), deltaFrom: o.deltaFrom, onDelta };
+        if (remote) {
+          const { publishRemote } = await import('../fleet/remote-publish.js');
+          // Progress goes to stderr (always: uploads of big payloads take a while), results to stdout.
+          r = await publishRemote({ ...common, client: fleet!, onProgress: (line) => console.error(line) });
+        } else {
+          r = await publishRelease({ ...common, repo: o.repo! });
+        }
       }
       const c = r.custom;
+      const where = remote ? `the repository of ${o.fleet}` : o.repo;
       let added = false;
       if (fleet) {
         try {
           await fleet.addRelease({ version: c.version, channel: c.channel, board: c.board });
           added = true;
         } catch (err) {
-          throw new EdgekitError(`published ${c.version} in ${o.repo}, but ${o.fleet} did not take it: ${(err as Error).message}; add it with: edgekit fleet releases add ${c.version} --channel ${c.channel} --board ${c.board}`);
+          throw new EdgekitError(`published ${c.version} in ${where}, but ${o.fleet} did not take it into channel ${c.channel}: ${(err as Error).message}; add it with: edgekit fleet releases add ${c.version} --channel ${c.channel} --board ${c.board}`);
         }
       }
       if (o.json) printJson(fleet ? { ...r, fleet: { server: o.fleet, added } } : r);
       else {
-        console.log(`published ${c.name} ${c.version} for ${c.board} in channel ${c.channel}${c.republishedFrom ? ` (the files of ${c.republishedFrom})` : ''}`);
+        console.log(`published ${c.name} ${c.version} for ${c.board} in channel ${c.channel}${c.republishedFrom ? ` (the files of ${c.republishedFrom})` : ''}${remote ? ` in ${where}` : ''}`);
         for (const f of r.files) console.log(`  ${f.path} ${f.length} bytes sha256 ${f.sha256.slice(0, 16)}`);
+        if ('server' in r) {
+          console.log(`uploaded ${r.server.uploaded.length} files (${r.server.present.length} were there already); the server signed targets version ${r.server.targetsVersion} into timestamp version ${r.server.timestampVersion}`);
+        }
         if (added) console.log(`added to channel ${c.channel} on ${o.fleet}: start a rollout with edgekit fleet rollouts create --version ${c.version} --channel ${c.channel}`);
       }
     });
@@ -90,7 +114,7 @@ export function registerRelease(program: Command): void {
     .option('--board <board>', 'only this board')
     .option('--now <time>', 'sign as of this ISO time instead of the clock')
     .option('--json', 'machine-readable output')
-    .action(async (version: string, o: Omit<ReleaseOpts, 'version'>) => {
+    .action(async (version: string, o: Omit<ReleaseOpts, 'version'> & { repo: string }) => {
       const gone = await withdrawRelease({ repo: o.repo, version, channel: o.channel, name: o.name, board: o.board, keys: o.keys, now: nowOption(o.now) });
       if (o.json) printJson(gone);
       else for (const r of gone) console.log(`withdrew ${r.custom.name} ${r.custom.version} for ${r.custom.board} from channel ${r.custom.channel}`);

@@ -26,7 +26,7 @@ export function registerServe(program: Command): void {
     .option('--admin-token-file <file>', 'where the first admin token is written on an empty database (default: <db>.admin-token; fleet.admin-token for PostgreSQL)')
     .option('--repo <dir>', 'the release repository (edgekit repo init / release): served to authenticated devices offered a release; rollout costs are read from its targets metadata')
     .option('--payloads-url <url>', 'with --repo: devices fetch payloads (the targets/ folder) from this static host or CDN instead')
-    .option('--online-keys <dir>', 'with --repo: the snapshot and timestamp keys (only those); the server re-signs that metadata before it expires')
+    .option('--online-keys <dir>', 'with --repo: the snapshot and timestamp keys (only those); the server re-signs that metadata before it expires, and takes releases operators sign (edgekit release --fleet without --repo)')
     .option('--host <address>', 'address to listen on', '127.0.0.1')
     .option('--port <n>', 'port to listen on (0: any free port)', '8480')
     .option('--tls-cert <file>', 'serve HTTPS with this PEM certificate (chain); needs --tls-key')
@@ -74,14 +74,14 @@ export function registerServe(program: Command): void {
         if (await service.bootstrapAdminToken(keep, () => rm(file, { force: true }))) {
           process.stdout.write(`edgekit serve: first admin token written to ${file}\n`);
         }
-        running = await startFleetServer({ service, host: o.host, port, tls, repo: o.repo, payloadsUrl, dashboard: o.dashboard, log });
-        process.stdout.write(`edgekit serve: listening on ${running.url}${o.repo ? ` (release repository ${o.repo})` : ''}\n`);
-        if (o.dashboard) process.stdout.write(`edgekit serve: dashboard at ${running.url}/dashboard/ (sign in with an admin token)\n`);
         if (signing && o.repo && o.onlineKeys) {
           const repo = o.repo;
           signer = new signing.RepoSigner({ repo, keys: o.onlineKeys, store, log, audit: (d) => service.audit(null, 'repo.sign', repo, d) });
-          signer.start();
         }
+        running = await startFleetServer({ service, host: o.host, port, tls, repo: o.repo, payloadsUrl, dashboard: o.dashboard, log, signer });
+        process.stdout.write(`edgekit serve: listening on ${running.url}${o.repo ? ` (release repository ${o.repo})` : ''}\n`);
+        if (o.dashboard) process.stdout.write(`edgekit serve: dashboard at ${running.url}/dashboard/ (sign in with an admin token)\n`);
+        signer?.start();
       } catch (err) {
         // An open pool would keep the process alive after the error is printed.
         await store.close().catch(() => {});

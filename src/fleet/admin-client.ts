@@ -139,32 +139,62 @@ export class FleetAdminClient {
     return this.call('GET', `/v1/admin/rollouts/${enc(id)}/cost`);
   }
 
+  /** A file of the server's release repository (`repo.json`, `metadata/<file>`, `targets/<path>`), as a response to read. */
+  repoFile(rel: string): Promise<Response> {
+    return this.request('GET', `/v1/admin/repo/${rel}`);
+  }
+
+  /** The size of a repository file on the server, or null when it has none. */
+  async repoFileSize(rel: string): Promise<number | null> {
+    const res = await this.request('HEAD', `/v1/admin/repo/${rel}`, {}, [404]);
+    return res.status === 404 ? null : Number(res.headers.get('content-length'));
+  }
+
+  /** Uploads one content-named target file (`targets/<path>`), streamed; the server checks its sha256. */
+  async uploadTarget(rel: string, body: ReadableStream<Uint8Array>): Promise<{ path: string; length: number; sha256: string; stored: boolean }> {
+    const res = await this.request('PUT', `/v1/admin/repo/${rel}`, { body, duplex: 'half', headers: { 'content-type': 'application/octet-stream' } } as RequestInit);
+    return this.json(res, 'PUT', rel);
+  }
+
+  /** Sends signed targets metadata; the server checks it and writes snapshot and timestamp over it. */
+  publishTargets(metadata: unknown): Promise<{ targetsVersion: number; timestampVersion: number }> {
+    return this.call('POST', '/v1/admin/repo/targets', metadata);
+  }
+
   private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const res = await this.request(method, path, body !== undefined ? { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } } : {});
+    return this.json(res, method, path);
+  }
+
+  /** Sends a request; an error answer (other than the `allowed` statuses) becomes a FleetAdminError with the server's reason. */
+  private async request(method: string, path: string, init: RequestInit = {}, allowed: number[] = []): Promise<Response> {
     const url = new URL(path.replace(/^\//, ''), this.base);
     let res: Response;
     try {
-      res = await fetch(url, {
-        method,
-        headers: { authorization: `Bearer ${this.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-        body: body !== undefined ? JSON.stringify(body) : undefined,
-      });
+      res = await fetch(url, { ...init, method, headers: { authorization: `Bearer ${this.token}`, ...(init.headers as Record<string, string> | undefined) } });
     } catch (err) {
       const cause = (err as Error).cause as { code?: string; message?: string } | undefined;
       throw new EdgekitError(`${this.base.origin}: cannot reach the fleet server (${cause?.code ?? cause?.message ?? (err as Error).message})`);
     }
-    const text = await res.text();
-    let parsed: unknown;
+    if (res.ok || allowed.includes(res.status)) return res;
+    const text = await res.text().catch(() => '');
+    let reason = text.trim();
     try {
-      parsed = JSON.parse(text);
+      reason = (JSON.parse(text) as { error?: string })?.error ?? reason;
     } catch {
-      throw new EdgekitError(`${method} ${url.href}: HTTP ${res.status} with an answer that is not JSON: is this an edgekit fleet server?`);
+      if (method !== 'HEAD') throw new EdgekitError(`${method} ${url.href}: HTTP ${res.status} with an answer that is not JSON: is this an edgekit fleet server?`);
     }
-    if (!res.ok) {
-      const reason = (parsed as { error?: string })?.error ?? text.trim();
-      const hint = res.status === 401 ? ' (give an admin token with --token, --token-file or EDGEKIT_FLEET_TOKEN)' : '';
-      throw new FleetAdminError(`${method} ${url.pathname}: ${res.status} ${res.statusText || 'error'}: ${reason}${hint}`, res.status, reason);
+    const hint = res.status === 401 ? ' (give an admin token with --token, --token-file or EDGEKIT_FLEET_TOKEN)' : '';
+    throw new FleetAdminError(`${method} ${url.pathname}: ${res.status} ${res.statusText || 'error'}: ${reason}${hint}`, res.status, reason);
+  }
+
+  private async json<T>(res: Response, method: string, path: string): Promise<T> {
+    const text = await res.text();
+    try {
+      return JSON.parse(text) as T;
+    } catch {
+      throw new EdgekitError(`${method} ${new URL(path.replace(/^\//, ''), this.base).href}: HTTP ${res.status} with an answer that is not JSON: is this an edgekit fleet server?`);
     }
-    return parsed as T;
   }
 }
 

@@ -15,8 +15,11 @@ export interface RepoFiles {
   dir: string;
 }
 
-/** `metadata/<file>` or `targets/<dirs>/<file>`: segments of plain characters, none starting with a dot. */
-const SERVED = /^(metadata\/[A-Za-z0-9_][A-Za-z0-9._-]*|targets(\/[A-Za-z0-9_][A-Za-z0-9._+-]*)+)$/;
+/**
+ * `metadata/<file>` or `targets/<dirs>/<file>`: segments of plain characters, none starting with a
+ * dot; and repo.json (the expiry policy, not secret), which only the admin routes ask for.
+ */
+const SERVED = /^(repo\.json|metadata\/[A-Za-z0-9_][A-Za-z0-9._-]*|targets(\/[A-Za-z0-9_][A-Za-z0-9._+-]*)+)$/;
 
 export type Range = { start: number; end: number } | 'unsatisfiable' | null;
 

@@ -6,7 +6,8 @@
  * (they stay offline with the operator, docs/releases.md).
  *
  * Several servers may share one database and repository folder: a lease in the store lets one of
- * them re-sign at a time, so timestamp versions never fork.
+ * them re-sign at a time, so timestamp versions never fork. Publishing a release over the admin
+ * API (repo-publish.ts) writes snapshot and timestamp too, so it takes the same lease.
  */
 import { randomBytes } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
@@ -21,6 +22,8 @@ const LEASE = 'repo-signing';
 /** Longer than a re-signing takes; a server that dies holding it is replaced after this. */
 const LEASE_MS = 5 * 60_000;
 export const SIGNING_CHECK_MS = 60_000;
+/** How often a job waiting for the lease asks again. */
+const LEASE_POLL_MS = 200;
 
 /** Refuses a key folder unless it holds snapshot and timestamp keys, and no root or targets private key. */
 export async function checkOnlineKeys(dir: string): Promise<void> {
@@ -57,8 +60,18 @@ export class RepoSigner {
   private readonly holder = `srv_${randomBytes(6).toString('hex')}`;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<unknown> | undefined;
+  /** The end of the queue of jobs that write the repository in this process (the store lease orders servers). */
+  private queue: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly o: RepoSignerOptions) {}
+
+  get repo(): string {
+    return this.o.repo;
+  }
+
+  get keys(): string {
+    return this.o.keys;
+  }
 
   /** Checks now and then every `intervalMs`; errors are logged, the next check tries again. */
   start(intervalMs = SIGNING_CHECK_MS): void {
@@ -81,12 +94,38 @@ export class RepoSigner {
   async check(): Promise<'signed' | 'fresh' | 'busy'> {
     const now = this.o.now?.() ?? Date.now();
     if (!(await signingDue(this.o.repo, now))) return 'fresh';
-    if (!(await this.o.store.takeLease(LEASE, this.holder, now + LEASE_MS, now))) return 'busy';
-    // Read again under the lease: another server may have signed between the first look and the lease.
-    if (!(await signingDue(this.o.repo, now))) return 'fresh';
-    const r = await refreshMetadata({ repo: this.o.repo, keys: this.o.keys, now: new Date(now) });
+    const r = await this.exclusive(async () => {
+      // Read again under the lease: another server may have signed between the first look and the lease.
+      if (!(await signingDue(this.o.repo, now))) return 'fresh' as const;
+      return refreshMetadata({ repo: this.o.repo, keys: this.o.keys, now: new Date(now) });
+    }, 0);
+    if (r === 'busy' || r === 'fresh') return r;
     this.o.log(`fleet: re-signed snapshot and timestamp of ${this.o.repo}: timestamp version ${r.timestampVersion}, valid until ${r.expires}`);
     await this.o.audit(r);
     return 'signed';
+  }
+
+  /**
+   * Runs `job` (which writes the repository's metadata) while no other job of this process runs
+   * and this server holds the store lease, waiting up to `waitMs` for another server to give it
+   * up; 'busy' when it did not. Re-signing and publishing go through here, so they never interleave.
+   */
+  async exclusive<T>(job: () => Promise<T>, waitMs: number): Promise<T | 'busy'> {
+    const turn = this.queue.then(async () => {
+      const waitUntil = Date.now() + waitMs;
+      for (;;) {
+        const now = this.o.now?.() ?? Date.now();
+        if (await this.o.store.takeLease(LEASE, this.holder, now + LEASE_MS, now)) break;
+        if (Date.now() >= waitUntil) return 'busy' as const;
+        await new Promise((r) => setTimeout(r, LEASE_POLL_MS));
+      }
+      try {
+        return await job();
+      } finally {
+        await this.o.store.releaseLease(LEASE, this.holder).catch((err: Error) => this.o.log(`fleet: giving up the repository signing lease failed (it expires by itself): ${err.message}`));
+      }
+    });
+    this.queue = turn.catch(() => {});
+    return turn;
   }
 }

@@ -17,17 +17,22 @@ import { DEFAULT_ONLINE_SECONDS, fleetOverview } from './overview.js';
 import { rolloutProgress } from './progress.js';
 import { DEVICE_PATHS, type CheckInResponse, type RepositoryLocation } from './protocol/messages.js';
 import { serveRepoFile } from './repo-files.js';
+import { publishTargets, receiveTarget } from './repo-publish.js';
+import type { RepoSigner } from './repo-signer.js';
 import * as S from './schemas.js';
 import { FleetError, FleetService, type Actor } from './service.js';
 import type { DeviceStatus, RolloutRow, Scope } from './store/store.js';
 
 const MAX_BODY = 64 * 1024;
+/** Targets metadata lists every file of every release in the repository: far bigger than other bodies. */
+const MAX_TARGETS_BODY = 32 << 20;
 
 interface Ctx {
   req: IncomingMessage;
   params: string[];
   query: URLSearchParams;
-  body: () => Promise<unknown>;
+  /** The JSON body, refused past `max` bytes (default MAX_BODY). */
+  body: (max?: number) => Promise<unknown>;
   bearer: string | null;
 }
 type Handler = (c: Ctx) => Promise<{ status?: number; body: unknown } | unknown>;
@@ -65,11 +70,17 @@ export interface FleetServerOptions {
   payloadsUrl?: string;
   /** Serve the web dashboard at /dashboard/ (default true). */
   dashboard?: boolean;
+  /**
+   * With repo: the signer holding the repository's online keys (--online-keys). The admin API then
+   * serves the repository to operators and takes releases they signed (repo-publish.ts).
+   */
+  signer?: RepoSigner;
 }
 
 export async function startFleetServer(o: FleetServerOptions): Promise<RunningServer> {
   const metrics = new Metrics();
   const routes = buildRoutes(o.service, metrics, { repo: o.repo, payloadsUrl: o.payloadsUrl });
+  addRepoAdminRoutes(routes, o.service, o.repo && o.signer ? o.signer : undefined);
   if (o.dashboard ?? true) addDashboardRoutes(routes, await loadDashboardAssets());
   const log = o.log ?? (() => {});
   const listener: RequestListener = (req, res) => {
@@ -127,7 +138,7 @@ async function handle(routes: Route[], metrics: Metrics, req: IncomingMessage, r
       req,
       params: (route.pattern.exec(url.pathname) ?? []).slice(1).map(decodeURIComponent),
       query: url.searchParams,
-      body: () => readJson(req),
+      body: (max) => readJson(req, max),
       bearer: auth?.startsWith('Bearer ') ? auth.slice(7).trim() : null,
     };
     const result = await route.handler(ctx);
@@ -174,7 +185,7 @@ function routesFor(routes: Route[], path: string): Route[] {
   return matching;
 }
 
-function readJson(req: IncomingMessage): Promise<unknown> {
+function readJson(req: IncomingMessage, max = MAX_BODY): Promise<unknown> {
   return new Promise((resolve, reject) => {
     const type = req.headers['content-type'] ?? '';
     if (!/^application\/json\b/.test(type)) {
@@ -186,11 +197,11 @@ function readJson(req: IncomingMessage): Promise<unknown> {
     // An oversized body is read to its end and dropped (not kept), so the client gets the 413 answer.
     req.on('data', (c: Buffer) => {
       size += c.length;
-      if (size <= MAX_BODY) chunks.push(c);
+      if (size <= max) chunks.push(c);
     });
     req.on('error', () => reject(new FleetError(400, 'request body not received')));
     req.on('end', () => {
-      if (size > MAX_BODY) return reject(new FleetError(413, `request body over ${MAX_BODY} bytes`));
+      if (size > max) return reject(new FleetError(413, `request body over ${max} bytes`));
       try {
         resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')));
       } catch (err) {
@@ -214,6 +225,41 @@ function routeAdder(routes: Route[]) {
     const pattern = new RegExp(`^${path.replace(/:[a-z]+/g, '([^/]+)')}$`);
     routes.push({ method, pattern, name: `${method} ${path}`, handler });
   };
+}
+
+/**
+ * The release repository for operators: its files (what `edgekit release --fleet` mirrors before
+ * signing), target uploads, and signed targets metadata, over which the server writes snapshot and
+ * timestamp. Only on a server that holds the online keys.
+ */
+function addRepoAdminRoutes(routes: Route[], service: FleetService, signer: RepoSigner | undefined): void {
+  const PREFIX = '/v1/admin/repo/';
+  const guarded = (scope: Scope, h: (c: Ctx, actor: Actor, signer: RepoSigner) => Promise<unknown>): Handler => async (c) => {
+    const actor = await service.adminOf(c.bearer);
+    if (SCOPE_RANK[actor.scope] < SCOPE_RANK[scope]) throw new FleetError(403, `token ${actor.tokenId} has scope ${actor.scope}; this needs ${scope}`);
+    if (!signer) throw new FleetError(501, 'the server was started without --repo and --online-keys: it has no repository to publish into, or no snapshot and timestamp keys to sign it with');
+    return h(c, actor, signer);
+  };
+  // Not URL-decoded: repository file names are plain characters, anything else is refused.
+  const relOf = (c: Ctx) => new URL(c.req.url ?? '/', 'http://fleet.invalid').pathname.slice(PREFIX.length);
+  const read = guarded('read', async (c, _a, s) => ({ raw: (res) => serveRepoFile({ dir: s.repo }, relOf(c), c.req, res) }) satisfies RawResult);
+  for (const method of ['GET', 'HEAD']) routes.push({ method, pattern: /^\/v1\/admin\/repo\/(repo\.json|metadata\/.+|targets\/.+)$/, name: `${method} ${PREFIX}*`, handler: read });
+  routes.push({
+    method: 'PUT', pattern: /^\/v1\/admin\/repo\/targets\/(.+)$/, name: `PUT ${PREFIX}targets/*`,
+    handler: guarded('operator', async (c, a, s) => {
+      const r = await receiveTarget(s.repo, relOf(c).slice('targets/'.length), c.req);
+      if (r.stored) await service.audit(a, 'repo.upload', `targets/${r.path}`, { length: r.length });
+      return { body: r };
+    }),
+  });
+  routes.push({
+    method: 'POST', pattern: /^\/v1\/admin\/repo\/targets$/, name: `POST ${PREFIX}targets`,
+    handler: guarded('operator', async (c, a, s) => {
+      const r = await publishTargets(s, await c.body(MAX_TARGETS_BODY));
+      await service.audit(a, 'repo.publish', `targets v${r.targetsVersion}`, r);
+      return { body: { targetsVersion: r.targetsVersion, timestampVersion: r.timestampVersion } };
+    }),
+  });
 }
 
 /** The dashboard's static files; everything they show comes from the admin API (with a token). */

@@ -357,6 +357,10 @@ class PostgresStore implements FleetStore {
     return (r.rowCount ?? 0) > 0;
   }
 
+  async releaseLease(name: string, holder: string): Promise<void> {
+    await this.q(`DELETE FROM leases WHERE name = $1 AND holder = $2`, [name, holder]);
+  }
+
   async pruneNonces(before: number): Promise<void> {
     await this.q(`DELETE FROM used_nonces WHERE expires_at < $1`, [before]);
   }

@@ -362,6 +362,10 @@ class SqliteStore implements FleetStore {
       WHERE leases.until_ms < ? OR leases.holder = excluded.holder`).run(name, holder, until, now).changes > 0;
   }
 
+  async releaseLease(name: string, holder: string): Promise<void> {
+    this.q(`DELETE FROM leases WHERE name = ? AND holder = ?`).run(name, holder);
+  }
+
   async appendAudit(a: Omit<AuditRow, 'seq'>): Promise<void> {
     this.db.transaction(() => this.audit(a))();
   }

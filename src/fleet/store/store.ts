@@ -255,6 +255,8 @@ export interface FleetStore {
    * expired (before `now`) or already this holder's; false while another holder has it.
    */
   takeLease(name: string, holder: string, until: number, now: number): Promise<boolean>;
+  /** Gives the lease `name` up if `holder` has it, so another holder need not wait for it to expire. */
+  releaseLease(name: string, holder: string): Promise<void>;
 
   /** Audit entries get consecutive sequence numbers in commit order. */
   appendAudit(a: Omit<AuditRow, 'seq'>): Promise<void>;

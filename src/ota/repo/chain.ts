@@ -18,11 +18,30 @@ export interface ChainOptions {
 
 /** Signs and writes `targets` (a new version) plus a new snapshot and timestamp. */
 export async function writeTargetsChain(state: RepoState, targets: Targets, o: ChainOptions): Promise<RepoState> {
+  return writeSignedTargetsChain(state, await signTargets(state, targets, o.keys), o);
+}
+
+/**
+ * Signs `targets` (a new version) with the targets keys and writes it, nothing else: what an
+ * operator does for a fleet server that holds the online keys and writes snapshot and timestamp.
+ */
+export async function writeTargets(state: RepoState, targets: Targets, o: { repo: string; keys: string }): Promise<Metadata<Targets>> {
+  const md = await signTargets(state, targets, o.keys);
+  await writeRole(o.repo, `${targets.version}.targets.json`, encodeMetadata(md));
+  return md;
+}
+
+async function signTargets(state: RepoState, targets: Targets, keys: string): Promise<Metadata<Targets>> {
   const md = new Metadata(targets);
-  signRole(md, 'targets', state.root.signed, await loadRoleKeys(o.keys, 'targets'), o.keys);
-  const bytes = encodeMetadata(md);
-  await writeRole(o.repo, `${targets.version}.targets.json`, bytes);
-  return writeSnapshotChain({ ...state, targets: md }, metaFileFor(bytes, targets.version), o);
+  signRole(md, 'targets', state.root.signed, await loadRoleKeys(keys, 'targets'), keys);
+  return md;
+}
+
+/** Writes signed targets metadata (checked by the caller when it was signed elsewhere), then a new snapshot and timestamp. */
+export async function writeSignedTargetsChain(state: RepoState, targets: Metadata<Targets>, o: ChainOptions): Promise<RepoState> {
+  const bytes = encodeMetadata(targets);
+  await writeRole(o.repo, `${targets.signed.version}.targets.json`, bytes);
+  return writeSnapshotChain({ ...state, targets }, metaFileFor(bytes, targets.signed.version), o);
 }
 
 /**

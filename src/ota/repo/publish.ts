@@ -10,9 +10,9 @@ import { TargetFile, type Targets } from '@tufjs/models';
 import { EdgekitError } from '../../util/errors.js';
 import { sha256OfFile } from '../../util/hash.js';
 import { targetFilePath } from './layout.js';
-import { readState } from './metadata-files.js';
-import { readPolicy } from './policy.js';
-import { writeTargetsChain } from './chain.js';
+import { readState, type RepoState } from './metadata-files.js';
+import { readPolicy, type RepoPolicy } from './policy.js';
+import { writeTargets, writeTargetsChain } from './chain.js';
 import { bumpTargets } from './repo-admin.js';
 import { extractRelease, type ExtractedRelease } from './image-payloads.js';
 import { makeDelta, type DeltaInfo } from '../delta/make.js';
@@ -25,9 +25,19 @@ export interface PublishOptions {
   /** The release version; must be higher than every release of this image+board in the channel. */
   version: string;
   channel?: string;
-  /** The keys folder (targets, snapshot and timestamp keys are used). */
+  /** The keys folder (targets, snapshot and timestamp keys are used; only targets with targetsOnly). */
   keys: string;
   now?: Date;
+  /**
+   * Sign and write the new targets metadata only: snapshot and timestamp are left to whoever holds
+   * the online keys (a fleet server the release is then sent to), so the keys folder needs none.
+   */
+  targetsOnly?: boolean;
+  /**
+   * Fetches an existing target the folder lacks (a mirror of a remote repository holds metadata
+   * only) to `file`, checked against the target's length and sha256: the old roots of --delta-from.
+   */
+  fetchTarget?: (target: TargetFile, file: string) => Promise<void>;
   /** Delta files made by makeDelta from earlier releases' root payloads (targets too). */
   deltas?: { file: string; fromVersion: string; fromSha256: string; info?: Record<string, unknown> }[];
   /**
@@ -99,7 +109,7 @@ export async function publishRelease(o: PublishOptions): Promise<Release> {
     };
     const release = await addFile(o.repo, `${dir}/${RELEASE_FILE}`, x.manifestFile, custom);
     targets[release.path] = release;
-    await writeTargetsChain(state, bumpTargets(state.targets.signed, now, policy, targets), { repo: o.repo, keys: o.keys, now, policy });
+    await commit(state, bumpTargets(state.targets.signed, now, policy, targets), { ...o, now, policy });
     return describe(release, targets);
   } finally {
     await rm(staging, { recursive: true, force: true });
@@ -122,6 +132,10 @@ async function makeDeltasFrom(o: PublishOptions, t: Targets, x: ExtractedRelease
     const fromSha = rootTarget.hashes.sha256;
     if (fromSha === toSha) continue;
     const oldFile = targetFilePath(o.repo, rootTarget.path, fromSha);
+    if (o.fetchTarget && !(await exists(oldFile))) {
+      await mkdir(dirname(oldFile), { recursive: true });
+      await o.fetchTarget(rootTarget, oldFile);
+    }
     await mkdir(join(staging, 'deltas', from), { recursive: true });
     const file = join(staging, 'deltas', from, 'system.delta');
     const info = await makeDelta(oldFile, root.path, file, salt ? { veritySalt: salt } : {});
@@ -143,6 +157,8 @@ export interface RepublishOptions {
   board?: string;
   keys: string;
   now?: Date;
+  /** As for publishRelease. */
+  targetsOnly?: boolean;
 }
 
 /** A fleet rollback: the old release's payloads under a new version (same files, no copies). */
@@ -178,7 +194,7 @@ export async function republishRelease(o: RepublishOptions): Promise<Release> {
   };
   const release = await addExisting(o.repo, all[old.target], `${dir}/${RELEASE_FILE}`, custom);
   targets[release.path] = release;
-  await writeTargetsChain(state, bumpTargets(state.targets.signed, now, policy, targets), { repo: o.repo, keys: o.keys, now, policy });
+  await commit(state, bumpTargets(state.targets.signed, now, policy, targets), { ...o, now, policy });
   return describe(release, targets);
 }
 
@@ -190,6 +206,8 @@ export interface WithdrawOptions {
   channel?: string;
   keys: string;
   now?: Date;
+  /** As for publishRelease. */
+  targetsOnly?: boolean;
 }
 
 /**
@@ -210,8 +228,14 @@ export async function withdrawRelease(o: WithdrawOptions): Promise<Release[]> {
     const dir = releaseDir(r.custom.name, r.custom.board, r.custom.version);
     for (const p of Object.keys(targets)) if (p.startsWith(`${dir}/`)) delete targets[p];
   }
-  await writeTargetsChain(state, bumpTargets(state.targets.signed, now, policy, targets), { repo: o.repo, keys: o.keys, now, policy });
+  await commit(state, bumpTargets(state.targets.signed, now, policy, targets), { ...o, now, policy });
   return out;
+}
+
+/** Writes the new targets metadata, and snapshot and timestamp over it unless `targetsOnly`. */
+async function commit(state: RepoState, targets: Targets, o: { repo: string; keys: string; now: Date; policy: RepoPolicy; targetsOnly?: boolean }): Promise<void> {
+  if (o.targetsOnly) await writeTargets(state, targets, o);
+  else await writeTargetsChain(state, targets, { repo: o.repo, keys: o.keys, now: o.now, policy: o.policy });
 }
 
 export async function listReleases(repo: string): Promise<Release[]> {

@@ -1,0 +1,146 @@
+/**
+ * The operator's side of publishing to a fleet server over HTTP (the server's side is
+ * repo-publish.ts). The server's current metadata is mirrored into a temporary folder, checked
+ * against its root, and the release is made there with publishRelease in targets-only mode: the
+ * operator's targets key signs, no snapshot or timestamp key is needed. The new files go up (only
+ * those the server lacks), then the targets metadata; the server writes snapshot and timestamp.
+ */
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, relative } from 'node:path';
+import { Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { TargetFile } from '@tufjs/models';
+import { EdgekitError } from '../util/errors.js';
+import { REPO_CONFIG, metadataPath, targetFilePath } from '../ota/repo/layout.js';
+import { readState } from '../ota/repo/metadata-files.js';
+import { publishRelease, type PublishOptions, type Release } from '../ota/repo/publish.js';
+import { verifiedStream } from '../ota/repo/fetchers.js';
+import type { FleetAdminClient } from './admin-client.js';
+
+export interface RemotePublishOptions extends Omit<PublishOptions, 'repo' | 'targetsOnly' | 'fetchTarget'> {
+  /** A client whose token has operator scope (checked by the caller before anything is signed). */
+  client: FleetAdminClient;
+  /** Told how uploads and downloads go, in plain lines. */
+  onProgress?: (line: string) => void;
+  /** Where the temporary mirror goes (default: the system's temporary folder). */
+  workDir?: string;
+}
+
+export interface RemoteRelease extends Release {
+  /** What the server did: the versions it wrote, and which files went up (the others it had). */
+  server: { targetsVersion: number; timestampVersion: number; uploaded: string[]; present: string[] };
+}
+
+/** Files this big or bigger get progress lines while they move. */
+const PROGRESS_MIN_BYTES = 8 << 20;
+
+export async function publishRemote(o: RemotePublishOptions): Promise<RemoteRelease> {
+  const progress = o.onProgress ?? (() => {});
+  const work = await mkdtemp(join(o.workDir ?? tmpdir(), 'edgekit-publish-'));
+  try {
+    const current = await mirrorMetadata(o.client, work);
+    const release = await publishRelease({
+      ...o,
+      repo: work,
+      targetsOnly: true,
+      fetchTarget: (t, file) => download(o.client, relative(work, file).split('\\').join('/'), t, file, progress),
+    });
+    const uploaded: string[] = [];
+    const present: string[] = [];
+    for (const f of release.files) {
+      const file = targetFilePath(work, f.path, f.sha256);
+      const rel = relative(work, file).split('\\').join('/');
+      if ((await o.client.repoFileSize(rel)) === f.length) {
+        present.push(f.path);
+        continue;
+      }
+      await upload(o.client, rel, f.path, file, f.length, progress);
+      uploaded.push(f.path);
+    }
+    const targets = JSON.parse(await readFile(metadataPath(work, `${current + 1}.targets.json`), 'utf8')) as unknown;
+    const r = await o.client.publishTargets(targets);
+    return { ...release, server: { ...r, uploaded, present } };
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Copies the server's current repo.json, root, timestamp, snapshot and targets metadata into
+ * `dir` and checks each is signed by its role's keys in that root; returns the targets version.
+ * (The release is signed on top of this targets metadata: a server that changed it would get
+ * the operator to sign its changes.)
+ */
+async function mirrorMetadata(client: FleetAdminClient, dir: string): Promise<number> {
+  const fetchTo = async (rel: string): Promise<Buffer> => {
+    const bytes = Buffer.from(await (await client.repoFile(rel)).arrayBuffer());
+    await mkdir(dirname(join(dir, rel)), { recursive: true });
+    await writeFile(join(dir, rel), bytes);
+    return bytes;
+  };
+  const json = (b: Buffer, what: string) => {
+    try {
+      return JSON.parse(b.toString('utf8')) as { signed: { meta?: Record<string, { version?: number }> } };
+    } catch {
+      throw new EdgekitError(`the fleet server's ${what}: not JSON`);
+    }
+  };
+  await fetchTo(REPO_CONFIG);
+  await fetchTo('metadata/root.json');
+  const timestamp = json(await fetchTo('metadata/timestamp.json'), 'timestamp.json');
+  const snapVersion = timestamp.signed.meta?.['snapshot.json']?.version;
+  if (!Number.isInteger(snapVersion)) throw new EdgekitError('the fleet server\'s timestamp.json names no snapshot version');
+  const snapshot = json(await fetchTo(`metadata/${snapVersion}.snapshot.json`), `${snapVersion}.snapshot.json`);
+  const targetsVersion = snapshot.signed.meta?.['targets.json']?.version;
+  if (!Number.isInteger(targetsVersion)) throw new EdgekitError(`the fleet server's ${snapVersion}.snapshot.json names no targets version`);
+  await fetchTo(`metadata/${targetsVersion}.targets.json`);
+  const state = await readState(dir);
+  for (const role of ['timestamp', 'snapshot', 'targets'] as const) {
+    try {
+      state.root.verifyDelegate(role, state[role]);
+    } catch (err) {
+      throw new EdgekitError(`the fleet server's ${role} metadata is not signed by the ${role} keys of its root (${(err as Error).message}); not publishing on top of it`);
+    }
+  }
+  return state.targets.signed.version;
+}
+
+/** Streams a local target file to the server, with progress lines for big ones. */
+async function upload(client: FleetAdminClient, rel: string, what: string, file: string, length: number, progress: (line: string) => void): Promise<void> {
+  const counted = counter(`uploading ${what}`, length, progress);
+  const body = Readable.toWeb(createReadStream(file).pipe(counted)) as ReadableStream<Uint8Array>;
+  await client.uploadTarget(rel, body);
+}
+
+/** Fetches an existing target from the server into `file`, checked against its signed length and sha256. */
+async function download(client: FleetAdminClient, rel: string, t: TargetFile, file: string, progress: (line: string) => void): Promise<void> {
+  const res = await client.repoFile(rel);
+  if (!res.body) throw new EdgekitError(`the fleet server sent no body for ${rel}`);
+  const tmp = `${file}.part`;
+  try {
+    await pipeline(verifiedStream(res.body, t.length, t.hashes.sha256, `the fleet server's ${rel}`), counter(`downloading ${t.path}`, t.length, progress), createWriteStream(tmp));
+    await rename(tmp, file);
+  } finally {
+    await rm(tmp, { force: true });
+  }
+}
+
+/** A pass-through that says every tenth of `length` how far it got (for files of PROGRESS_MIN_BYTES or more). */
+function counter(what: string, length: number, progress: (line: string) => void): Transform {
+  let seen = 0;
+  let told = 0;
+  const mib = (n: number) => (n / (1 << 20)).toFixed(1);
+  return new Transform({
+    transform(chunk: Buffer, _enc, done) {
+      seen += chunk.length;
+      const tenth = length ? Math.floor((seen * 10) / length) : 10;
+      if (length >= PROGRESS_MIN_BYTES && tenth > told) {
+        told = tenth;
+        progress(`${what}: ${tenth * 10}% (${mib(seen)} of ${mib(length)} MiB)`);
+      }
+      done(null, chunk);
+    },
+  });
+}
