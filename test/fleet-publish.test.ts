@@ -7,8 +7,9 @@
  * with a root delta from 1.0, made from 1.0's root fetched back from the server), and a device's
  * metadata client then verifies the server's repository end to end against the root it was built
  * with. The server refuses uploads whose bytes do not match their name, targets metadata signed by
- * a key the root does not name, a stale version, and files it lacks; a read-only token is refused
- * before anything is signed.
+ * a key the root does not name, a stale version, expired metadata and files it lacks; a read-only
+ * token is refused before anything is signed. --republish links the old files under their new
+ * names on the server. Re-signing and publishing take turns (one process, and across servers).
  */
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { generateKeyPairSync } from 'node:crypto';
@@ -181,6 +182,38 @@ describe.each(FLEET_BACKENDS)('publishing to a fleet server over HTTP (%s)', (ba
     // The same metadata signed properly is taken (the checks above refused for their reason only).
     const good = await api(url, operator, 'POST', '/v1/admin/repo/targets', JSON.parse(forge(current, next, [targetsKey]).toString()));
     expect(good).toEqual({ status: 200, body: { targetsVersion: 4, timestampVersion: timestamp + 1 } });
+  });
+
+  it('--republish rolls back on the server: the old files get their new names there, no payload is sent', async () => {
+    const r = await edgekit(['release', '--republish', '1.0', '--fleet', url, '--keys', keys, '--version', '1.2', '--fleet-token-file', operatorFile, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out.custom).toMatchObject({ version: '1.2', republishedFrom: '1.0', deltas: [] });
+    expect(out.server).toMatchObject({ targetsVersion: 5, present: [] });
+    expect(out.server.uploaded.sort()).toEqual(out.files.map((f: { path: string }) => f.path).sort());
+    expect(r.stderr).not.toMatch(/uploading/);
+    const audit = (await api(url, admin, 'GET', '/v1/admin/audit?limit=20')).body as Array<{ action: string; target: string; detail: any }>;
+    const copies = audit.filter((e) => e.action === 'repo.upload' && e.target.includes('/1.2/'));
+    expect(copies).toHaveLength(out.files.length);
+    expect(copies.every((e) => /^targets\/gateway\/qemu-x86_64\/1\.0\//.test(e.detail.copyOf))).toBe(true);
+    // A device on 1.1 is offered 1.2 and gets 1.0's root under its new name.
+    const client = createMetadataClient({
+      repoUrl: `${url}/v1/admin/repo/`, headers: async () => ({ authorization: `Bearer ${admin}` }),
+      trustedRoot, stateDir: mkdtempSync(join(fixture.dir, 'device-')), board: 'qemu-x86_64', name: 'gateway', installedVersion: '1.1',
+    });
+    const update = await client.refresh();
+    expect(update?.version).toBe('1.2');
+    expect(update!.rootPayload!.path).toBe('gateway/qemu-x86_64/1.2/system.squashfs');
+    await client.download(update!.rootPayload!, join(fixture.dir, 'root-1.2'));
+    // A copy is only of a file with the same content name.
+    const operator = readFileSync(operatorFile, 'utf8').trim();
+    const sha = update!.rootPayload!.sha256;
+    const bad = await fetch(new URL(`/v1/admin/repo/targets/gateway/qemu-x86_64/1.3/${'ef'.repeat(32)}.system.squashfs`, url), {
+      method: 'PUT', headers: { authorization: `Bearer ${operator}`, 'x-edgekit-copy-of': `targets/gateway/qemu-x86_64/1.0/${sha}.system.squashfs` }, body: '',
+    });
+    expect(bad.status).toBe(400);
+    expect((await bad.json()).error).toMatch(/has another sha256 in its name/);
+    expect(existsSync(join(repo, 'targets', 'gateway', 'qemu-x86_64', '1.3'))).toBe(false);
   });
 
   it('re-signing and publishing take turns: one job at a time in a server, and across servers through the store lease', async () => {

@@ -60,7 +60,6 @@ Examples:
       for (const flag of ['keys', 'version'] as const) if (!o[flag]) throw new EdgekitError(`release: --${flag} is required`);
       if (o.fleetTokenFile && !o.fleet) throw new EdgekitError('--fleet-token-file needs --fleet <url>');
       const remote = !o.repo;
-      if (remote && o.republish) throw new EdgekitError('--republish needs --repo: a release is republished in a repository folder the server serves (remote republishing is not supported yet)');
       // Asked before anything is signed: a wrong server or token must not leave a release the server never hears of.
       const fleet = o.fleet ? await fleetFor(o.fleet, o.fleetTokenFile) : undefined;
       const channelGiven = cmd.getOptionValueSource('channel') === 'cli';
@@ -71,7 +70,13 @@ Examples:
       if (o.republish) {
         if (image) throw new EdgekitError(`give either an image or --republish ${o.republish}, not both`);
         if (o.deltaFrom) throw new EdgekitError('--delta-from makes deltas for a new image; a republished release reuses old files');
-        r = await republishRelease({ repo: o.repo!, from: o.republish, version: o.version, channel: channelGiven ? o.channel : undefined, name: o.name, board: o.board, keys: o.keys, now: nowOption(o.now) });
+        const common = { from: o.republish, version: o.version, channel: channelGiven ? o.channel : undefined, name: o.name, board: o.board, keys: o.keys, now: nowOption(o.now) };
+        if (remote) {
+          const { republishRemote } = await import('../fleet/remote-publish.js');
+          r = await republishRemote({ ...common, client: fleet! });
+        } else {
+          r = await republishRelease({ ...common, repo: o.repo! });
+        }
       } else {
         if (!image) throw new EdgekitError('release: name the built image to publish (or --republish <old-version>)');
         const common = { image, version: o.version, channel: o.channel, keys: o.keys, now: nowOption(o.now), deltaFrom: o.deltaFrom, onDelta };
@@ -99,7 +104,7 @@ Examples:
         console.log(`published ${c.name} ${c.version} for ${c.board} in channel ${c.channel}${c.republishedFrom ? ` (the files of ${c.republishedFrom})` : ''}${remote ? ` in ${where}` : ''}`);
         for (const f of r.files) console.log(`  ${f.path} ${f.length} bytes sha256 ${f.sha256.slice(0, 16)}`);
         if ('server' in r) {
-          console.log(`uploaded ${r.server.uploaded.length} files (${r.server.present.length} were there already); the server signed targets version ${r.server.targetsVersion} into timestamp version ${r.server.timestampVersion}`);
+          console.log(`sent ${r.server.uploaded.length} files (${r.server.present.length} were there already); the server signed targets version ${r.server.targetsVersion} into timestamp version ${r.server.timestampVersion}`);
         }
         if (added) console.log(`added to channel ${c.channel} on ${o.fleet}: start a rollout with edgekit fleet rollouts create --version ${c.version} --channel ${c.channel}`);
       }

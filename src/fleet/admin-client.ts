@@ -156,6 +156,12 @@ export class FleetAdminClient {
     return this.json(res, 'PUT', rel);
   }
 
+  /** Has the server give the file `fromRel` (same sha256 in its name) the name `rel` too: no bytes are sent. */
+  async copyTarget(rel: string, fromRel: string): Promise<{ path: string; length: number; sha256: string; stored: boolean }> {
+    const res = await this.request('PUT', `/v1/admin/repo/${rel}`, { body: '', headers: { 'x-edgekit-copy-of': fromRel, 'content-type': 'application/octet-stream' } });
+    return this.json(res, 'PUT', rel);
+  }
+
   /** Sends signed targets metadata; the server checks it and writes snapshot and timestamp over it. */
   publishTargets(metadata: unknown): Promise<{ targetsVersion: number; timestampVersion: number }> {
     return this.call('POST', '/v1/admin/repo/targets', metadata);

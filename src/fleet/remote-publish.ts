@@ -5,17 +5,17 @@
  * operator's targets key signs, no snapshot or timestamp key is needed. The new files go up (only
  * those the server lacks), then the targets metadata; the server writes snapshot and timestamp.
  */
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream, existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { TargetFile } from '@tufjs/models';
+import type { TargetFile, Targets } from '@tufjs/models';
 import { EdgekitError } from '../util/errors.js';
 import { REPO_CONFIG, metadataPath, targetFilePath } from '../ota/repo/layout.js';
 import { readState } from '../ota/repo/metadata-files.js';
-import { publishRelease, type PublishOptions, type Release } from '../ota/repo/publish.js';
+import { publishRelease, republishRelease, type PublishOptions, type Release, type RepublishOptions } from '../ota/repo/publish.js';
 import { verifiedStream } from '../ota/repo/fetchers.js';
 import type { FleetAdminClient } from './admin-client.js';
 
@@ -38,29 +38,52 @@ const PROGRESS_MIN_BYTES = 8 << 20;
 
 export async function publishRemote(o: RemotePublishOptions): Promise<RemoteRelease> {
   const progress = o.onProgress ?? (() => {});
-  const work = await mkdtemp(join(o.workDir ?? tmpdir(), 'edgekit-publish-'));
+  return onServer(o.client, o.workDir, progress, (work) =>
+    publishRelease({ ...o, repo: work, targetsOnly: true, fetchTarget: (t, file) => download(o.client, relative(work, file).split('\\').join('/'), t, file, progress) }));
+}
+
+export interface RemoteRepublishOptions extends Omit<RepublishOptions, 'repo' | 'targetsOnly'> {
+  client: FleetAdminClient;
+  onProgress?: (line: string) => void;
+  workDir?: string;
+}
+
+/** A fleet rollback on the server: the old release's files get their new names there, no bytes are sent. */
+export async function republishRemote(o: RemoteRepublishOptions): Promise<RemoteRelease> {
+  return onServer(o.client, o.workDir, o.onProgress ?? (() => {}), (work) => republishRelease({ ...o, repo: work, targetsOnly: true }));
+}
+
+/**
+ * Makes a release in a mirror of the server's metadata with `change`, then sends the server the
+ * files it lacks (uploaded from the mirror, or, when the mirror has none, linked on the server
+ * from a file it has with the same content) and the new targets metadata.
+ */
+async function onServer(client: FleetAdminClient, workDir: string | undefined, progress: (line: string) => void, change: (work: string) => Promise<Release>): Promise<RemoteRelease> {
+  const work = await mkdtemp(join(workDir ?? tmpdir(), 'edgekit-publish-'));
   try {
-    const current = await mirrorMetadata(o.client, work);
-    const release = await publishRelease({
-      ...o,
-      repo: work,
-      targetsOnly: true,
-      fetchTarget: (t, file) => download(o.client, relative(work, file).split('\\').join('/'), t, file, progress),
-    });
+    const before = await mirrorMetadata(client, work);
+    const release = await change(work);
+    const relOf = (path: string, sha256: string) => relative(work, targetFilePath(work, path, sha256)).split('\\').join('/');
     const uploaded: string[] = [];
     const present: string[] = [];
     for (const f of release.files) {
       const file = targetFilePath(work, f.path, f.sha256);
-      const rel = relative(work, file).split('\\').join('/');
-      if ((await o.client.repoFileSize(rel)) === f.length) {
+      const rel = relOf(f.path, f.sha256);
+      if ((await client.repoFileSize(rel)) === f.length) {
         present.push(f.path);
         continue;
       }
-      await upload(o.client, rel, f.path, file, f.length, progress);
+      if (existsSync(file)) {
+        await upload(client, rel, f.path, file, f.length, progress);
+      } else {
+        const same = Object.values(before.targets).find((t) => t.hashes.sha256 === f.sha256 && t.length === f.length);
+        if (!same) throw new EdgekitError(`${f.path}: neither here nor on the fleet server (no target there has sha256 ${f.sha256})`);
+        await client.copyTarget(rel, relOf(same.path, f.sha256));
+      }
       uploaded.push(f.path);
     }
-    const targets = JSON.parse(await readFile(metadataPath(work, `${current + 1}.targets.json`), 'utf8')) as unknown;
-    const r = await o.client.publishTargets(targets);
+    const targets = JSON.parse(await readFile(metadataPath(work, `${before.version + 1}.targets.json`), 'utf8')) as unknown;
+    const r = await client.publishTargets(targets);
     return { ...release, server: { ...r, uploaded, present } };
   } finally {
     await rm(work, { recursive: true, force: true });
@@ -69,11 +92,11 @@ export async function publishRemote(o: RemotePublishOptions): Promise<RemoteRele
 
 /**
  * Copies the server's current repo.json, root, timestamp, snapshot and targets metadata into
- * `dir` and checks each is signed by its role's keys in that root; returns the targets version.
+ * `dir` and checks each is signed by its role's keys in that root; returns the targets.
  * (The release is signed on top of this targets metadata: a server that changed it would get
  * the operator to sign its changes.)
  */
-async function mirrorMetadata(client: FleetAdminClient, dir: string): Promise<number> {
+async function mirrorMetadata(client: FleetAdminClient, dir: string): Promise<Targets> {
   const fetchTo = async (rel: string): Promise<Buffer> => {
     const bytes = Buffer.from(await (await client.repoFile(rel)).arrayBuffer());
     await mkdir(dirname(join(dir, rel)), { recursive: true });
@@ -104,7 +127,7 @@ async function mirrorMetadata(client: FleetAdminClient, dir: string): Promise<nu
       throw new EdgekitError(`the fleet server's ${role} metadata is not signed by the ${role} keys of its root (${(err as Error).message}); not publishing on top of it`);
     }
   }
-  return state.targets.signed.version;
+  return state.targets.signed;
 }
 
 /** Streams a local target file to the server, with progress lines for big ones. */

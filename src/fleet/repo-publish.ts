@@ -12,7 +12,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
+import { copyFile, link, mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
 import { dirname, join } from 'node:path';
 import { Transform } from 'node:stream';
@@ -31,6 +31,8 @@ import type { RepoSigner } from './repo-signer.js';
 const UPLOAD_PATH = /^([A-Za-z0-9_][A-Za-z0-9._+-]*\/)*([0-9a-f]{64})\.[A-Za-z0-9_][A-Za-z0-9._+-]*$/;
 /** A target path in metadata: plain segments, as publish.ts makes them. */
 const TARGET_PATH = /^([A-Za-z0-9_][A-Za-z0-9._+-]*\/)*[A-Za-z0-9_][A-Za-z0-9._+-]*$/;
+/** PUT header naming a file already on the server (below targets/) whose bytes the new name gets. */
+export const COPY_OF_HEADER = 'x-edgekit-copy-of';
 /** How long a publish waits for another server's re-signing to end before it answers 503. */
 const LEASE_WAIT_MS = 30_000;
 
@@ -43,17 +45,28 @@ export interface StoredTarget {
   stored: boolean;
 }
 
+/** The sha256 in a content-named path below targets/, or a 400 naming it. */
+function shaOfName(rel: string): string {
+  const m = UPLOAD_PATH.exec(rel);
+  if (!m || rel.split('/').some((s) => s === '..')) throw new FleetError(400, `targets/${rel}: not a content-named target file (<dirs>/<sha256>.<name>, plain characters)`);
+  return m[2];
+}
+
 /**
  * Stores the request body as the target file `rel` (below targets/) of `repo` when its bytes hash
- * to the sha256 in its name; the temporary file is removed whatever goes wrong.
+ * to the sha256 in its name; the temporary file is removed whatever goes wrong. With `copyOf` (a
+ * file below targets/ with the same sha256 in its name, as a republished release reuses) the body
+ * is empty and that file is linked under the new name instead.
  */
-export async function receiveTarget(repo: string, rel: string, req: IncomingMessage): Promise<StoredTarget> {
-  const m = UPLOAD_PATH.exec(rel);
-  if (!m || rel.split('/').some((s) => s === '..')) {
+export async function receiveTarget(repo: string, rel: string, req: IncomingMessage, copyOf?: string): Promise<StoredTarget> {
+  let sha256: string;
+  try {
+    sha256 = shaOfName(rel);
+    if (copyOf !== undefined && shaOfName(copyOf) !== sha256) throw new FleetError(400, `targets/${copyOf}: has another sha256 in its name than targets/${rel}; not a copy of it`);
+  } catch (err) {
     req.resume();
-    throw new FleetError(400, `targets/${rel}: not a content-named target file (<dirs>/<sha256>.<name>, plain characters)`);
+    throw err;
   }
-  const sha256 = m[2];
   const dest = join(repo, TARGETS_DIR, rel);
   const present = await stat(dest).catch(() => null);
   if (present?.isFile()) {
@@ -63,6 +76,21 @@ export async function receiveTarget(repo: string, rel: string, req: IncomingMess
   }
   // Beside the targets on the same filesystem (so the rename is atomic), and a dot-file: never served.
   const tmp = join(repo, TARGETS_DIR, `.upload-${randomBytes(8).toString('hex')}.tmp`);
+  if (copyOf !== undefined) {
+    req.resume();
+    const src = join(repo, TARGETS_DIR, copyOf);
+    const st = await stat(src).catch(() => null);
+    if (!st?.isFile()) throw new FleetError(400, `targets/${copyOf}: not on the server; upload targets/${rel} itself`);
+    try {
+      await link(src, tmp).catch(() => copyFile(src, tmp));
+      await mkdir(dirname(dest), { recursive: true });
+      await rename(tmp, dest);
+      await fsyncDir(dirname(dest));
+    } finally {
+      await rm(tmp, { force: true });
+    }
+    return { path: rel, length: st.size, sha256, stored: true };
+  }
   const hash = createHash('sha256');
   let length = 0;
   const hashing = new Transform({

@@ -17,7 +17,7 @@ import { DEFAULT_ONLINE_SECONDS, fleetOverview } from './overview.js';
 import { rolloutProgress } from './progress.js';
 import { DEVICE_PATHS, type CheckInResponse, type RepositoryLocation } from './protocol/messages.js';
 import { serveRepoFile } from './repo-files.js';
-import { publishTargets, receiveTarget } from './repo-publish.js';
+import { COPY_OF_HEADER, publishTargets, receiveTarget } from './repo-publish.js';
 import type { RepoSigner } from './repo-signer.js';
 import * as S from './schemas.js';
 import { FleetError, FleetService, type Actor } from './service.js';
@@ -247,8 +247,11 @@ function addRepoAdminRoutes(routes: Route[], service: FleetService, signer: Repo
   routes.push({
     method: 'PUT', pattern: /^\/v1\/admin\/repo\/targets\/(.+)$/, name: `PUT ${PREFIX}targets/*`,
     handler: guarded('operator', async (c, a, s) => {
-      const r = await receiveTarget(s.repo, relOf(c).slice('targets/'.length), c.req);
-      if (r.stored) await service.audit(a, 'repo.upload', `targets/${r.path}`, { length: r.length });
+      const copyOf = c.req.headers[COPY_OF_HEADER];
+      if (Array.isArray(copyOf)) throw new FleetError(400, `${COPY_OF_HEADER}: give one file`);
+      const from = copyOf?.replace(/^targets\//, '');
+      const r = await receiveTarget(s.repo, relOf(c).slice('targets/'.length), c.req, from);
+      if (r.stored) await service.audit(a, 'repo.upload', `targets/${r.path}`, { length: r.length, ...(from ? { copyOf: `targets/${from}` } : {}) });
       return { body: r };
     }),
   });

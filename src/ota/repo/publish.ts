@@ -157,7 +157,10 @@ export interface RepublishOptions {
   board?: string;
   keys: string;
   now?: Date;
-  /** As for publishRelease. */
+  /**
+   * As for publishRelease; the folder may then be a mirror holding metadata only: the old files
+   * are not linked under their new names (the server holding the repository does that).
+   */
   targetsOnly?: boolean;
 }
 
@@ -179,7 +182,7 @@ export async function republishRelease(o: RepublishOptions): Promise<Release> {
   for (const t of Object.values(all)) {
     const c = customOf(t);
     if (!c || c.kind === 'release' || c.kind === 'delta' || !t.path.startsWith(`${oldDir}/`)) continue;
-    const copy = await addExisting(o.repo, t, moved(t.path)!, { ...c, version: o.version });
+    const copy = await addExisting(o.repo, t, moved(t.path)!, { ...c, version: o.version }, !o.targetsOnly);
     targets[copy.path] = copy;
   }
   const s = oc.slot;
@@ -192,7 +195,7 @@ export async function republishRelease(o: RepublishOptions): Promise<Release> {
     // Deltas were made against the versions before the old release; devices now run newer ones.
     deltas: [],
   };
-  const release = await addExisting(o.repo, all[old.target], `${dir}/${RELEASE_FILE}`, custom);
+  const release = await addExisting(o.repo, all[old.target], `${dir}/${RELEASE_FILE}`, custom, !o.targetsOnly);
   targets[release.path] = release;
   await commit(state, bumpTargets(state.targets.signed, now, policy, targets), { ...o, now, policy });
   return describe(release, targets);
@@ -298,13 +301,15 @@ async function addFile(repo: string, path: string, file: string, custom: Edgekit
   return new TargetFile({ path, length: size, hashes: { sha256 }, unrecognizedFields: { custom: { edgekit: custom as never } } });
 }
 
-/** The same content under a new target path: a hard link where the filesystem allows it. */
-async function addExisting(repo: string, from: TargetFile, path: string, custom: EdgekitCustom): Promise<TargetFile> {
+/** The same content under a new target path: a hard link where the filesystem allows it (when `place`). */
+async function addExisting(repo: string, from: TargetFile, path: string, custom: EdgekitCustom, place: boolean): Promise<TargetFile> {
   const sha256 = from.hashes.sha256;
   const src = targetFilePath(repo, from.path, sha256);
   const dest = targetFilePath(repo, path, sha256);
-  await mkdir(dirname(dest), { recursive: true });
-  if (!(await exists(dest))) await link(src, dest).catch(() => copyFile(src, dest));
+  if (place) {
+    await mkdir(dirname(dest), { recursive: true });
+    if (!(await exists(dest))) await link(src, dest).catch(() => copyFile(src, dest));
+  }
   return new TargetFile({ path, length: from.length, hashes: { sha256 }, unrecognizedFields: { custom: { edgekit: custom as never } } });
 }
 
