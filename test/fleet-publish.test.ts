@@ -23,6 +23,7 @@ import { createMetadataClient } from '../src/ota/repo/index.js';
 import { loadPrivateKey } from '../src/sign/keys.js';
 import { RepoSigner } from '../src/fleet/repo-signer.js';
 import { openFleetStore } from '../src/fleet/store/open.js';
+import { FleetAdminClient } from '../src/fleet/admin-client.js';
 
 const DAY = 86_400_000;
 const metadata = (repo: string, file: string) => JSON.parse(readFileSync(join(repo, 'metadata', file), 'utf8'));
@@ -137,6 +138,16 @@ describe.each(FLEET_BACKENDS)('publishing to a fleet server over HTTP (%s)', (ba
     const notNamed = await api(url, readFileSync(operatorFile, 'utf8').trim(), 'PUT', '/v1/admin/repo/targets/gateway/vmlinuz', undefined, 'x');
     expect(notNamed.status).toBe(400);
     expect(notNamed.body.error).toMatch(/not a content-named target file/);
+    expect(filesBelow(repo)).toEqual(before);
+
+    // A file the server has: HEAD says its size, and sending it again stores nothing.
+    const client = new FleetAdminClient(url, readFileSync(operatorFile, 'utf8').trim());
+    const kernel = filesBelow(join(repo, 'targets')).find((f) => f.startsWith('gateway/qemu-x86_64/1.0/') && f.endsWith('.vmlinuz'))!;
+    const bytes = readFileSync(join(repo, 'targets', kernel));
+    expect(await client.repoFileSize(`targets/${kernel}`)).toBe(bytes.length);
+    expect(await client.repoFileSize(`targets/gateway/qemu-x86_64/1.0/${'ab'.repeat(32)}.vmlinuz`)).toBeNull();
+    const again = await client.uploadTarget(`targets/${kernel}`, new Blob([bytes]).stream());
+    expect(again).toMatchObject({ path: kernel, length: bytes.length, stored: false });
     expect(filesBelow(repo)).toEqual(before);
   });
 

@@ -26,6 +26,7 @@ import type { DeviceStatus, RolloutRow, Scope } from './store/store.js';
 const MAX_BODY = 64 * 1024;
 /** Targets metadata lists every file of every release in the repository: far bigger than other bodies. */
 const MAX_TARGETS_BODY = 32 << 20;
+const UPLOAD_IDLE_MS = 120_000;
 
 interface Ctx {
   req: IncomingMessage;
@@ -89,6 +90,12 @@ export async function startFleetServer(o: FleetServerOptions): Promise<RunningSe
   if (o.tls) checkTls(o.tls);
   const server: Server = o.tls ? createTlsServer({ cert: o.tls.cert, key: o.tls.key }, listener) : createServer(listener);
   server.keepAliveTimeout = 30_000;
+  if (o.repo && o.signer) {
+    // Target uploads (100+ MB) outlast node's 5-minute limit on receiving a whole request on slow
+    // links: drop it, and close connections that stay silent for UPLOAD_IDLE_MS instead.
+    server.requestTimeout = 0;
+    server.timeout = UPLOAD_IDLE_MS;
+  }
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(o.port ?? 0, o.host ?? '127.0.0.1', () => resolve());
