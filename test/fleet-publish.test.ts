@@ -1,6 +1,7 @@
 /**
  * Publishing to a fleet server over HTTP, in TUF's split of keys, against a real `edgekit serve`
- * process on each store: the operator's keys folder holds root and targets keys only; `edgekit
+ * process on each store: the operator's keys folder holds the targets key and the root's public
+ * key only; `edgekit
  * release --fleet` (no --repo) mirrors the server's metadata, signs targets, uploads the files the
  * server lacks and the targets metadata; the server (holding snapshot and timestamp keys only)
  * checks it and writes snapshot and timestamp. Two real gateway builds go up as 1.0 and 1.1 (1.1
@@ -59,6 +60,9 @@ describe.each(FLEET_BACKENDS)('publishing to a fleet server over HTTP (%s)', (ba
     const online = join(fixture.dir, 'online-keys');
     mkdirSync(online);
     for (const f of readdirSync(keys)) if (/^(snapshot|timestamp)-/.test(f)) renameSync(join(keys, f), join(online, f));
+    // The root's private key stays offline elsewhere too: publishing needs its public half only.
+    mkdirSync(join(fixture.dir, 'offline-root'));
+    renameSync(join(keys, 'root-1.key'), join(fixture.dir, 'offline-root', 'root-1.key'));
     server = await startServerProcess(fixture.db, ['--admin-token-file', fixture.adminTokenFile, '--repo', repo, '--online-keys', online]);
     url = server.url;
     admin = await adminToken(fixture.db, fixture.adminTokenFile);
@@ -87,8 +91,23 @@ describe.each(FLEET_BACKENDS)('publishing to a fleet server over HTTP (%s)', (ba
     expect(filesBelow(repo)).toEqual(before);
   });
 
+  it('builds only on a root the operator\'s root keys signed, and needs one of them (the public half will do)', async () => {
+    const before = filesBelow(repo);
+    const other = join(fixture.dir, 'other-keys');
+    mkdirSync(other);
+    for (const f of ['targets-1.key', 'targets-1.key.pub']) copyFileSync(join(keys, f), join(other, f));
+    const none = await edgekit(['release', v1.image, '--fleet', url, '--keys', other, '--version', '1.0', '--fleet-token-file', operatorFile]);
+    expect(none.code).toBe(1);
+    expect(none.stderr).toMatch(/other-keys: no root key \(root-<n>\.key or its \.pub\)/);
+    expect((await edgekit(['keys', 'generate', '-o', join(other, 'root-1.key')])).code).toBe(0);
+    const stranger = await edgekit(['release', v1.image, '--fleet', url, '--keys', other, '--version', '1.0', '--fleet-token-file', operatorFile]);
+    expect(stranger.code).toBe(1);
+    expect(stranger.stderr).toMatch(/the fleet server's root \(version 1\) is signed by none of the root keys in .*other-keys; not publishing on top of it/);
+    expect(filesBelow(repo)).toEqual(before);
+  });
+
   it('publishes 1.0, then 1.1 with a delta from 1.0; a device verifies the server\'s repository end to end', async () => {
-    expect(readdirSync(keys).filter((f) => /^(snapshot|timestamp)-/.test(f))).toEqual([]);
+    expect(readdirSync(keys).sort()).toEqual(['root-1.key.pub', 'targets-1.key', 'targets-1.key.pub']);
     const first = await edgekit(['release', v1.image, '--fleet', url, '--keys', keys, '--version', '1.0', '--fleet-token-file', operatorFile, '--json']);
     expect(first.code, first.stderr).toBe(0);
     const r1 = JSON.parse(first.stdout);

@@ -11,12 +11,13 @@ import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { TargetFile, Targets } from '@tufjs/models';
+import type { Key, Metadata, Root, TargetFile, Targets } from '@tufjs/models';
 import { EdgekitError } from '../util/errors.js';
 import { REPO_CONFIG, metadataPath, targetFilePath } from '../ota/repo/layout.js';
 import { readState } from '../ota/repo/metadata-files.js';
 import { publishRelease, republishRelease, type PublishOptions, type Release, type RepublishOptions } from '../ota/repo/publish.js';
 import { verifiedStream } from '../ota/repo/fetchers.js';
+import { loadRolePublicKeys } from '../ota/repo/role-keys.js';
 import type { FleetAdminClient } from './admin-client.js';
 
 export interface RemotePublishOptions extends Omit<PublishOptions, 'repo' | 'targetsOnly' | 'fetchTarget'> {
@@ -38,7 +39,7 @@ const PROGRESS_MIN_BYTES = 8 << 20;
 
 export async function publishRemote(o: RemotePublishOptions): Promise<RemoteRelease> {
   const progress = o.onProgress ?? (() => {});
-  return onServer(o.client, o.workDir, progress, (work) =>
+  return onServer(o.client, o.keys, o.workDir, progress, (work) =>
     publishRelease({ ...o, repo: work, targetsOnly: true, fetchTarget: (t, file) => download(o.client, relative(work, file).split('\\').join('/'), t, file, progress) }));
 }
 
@@ -50,7 +51,7 @@ export interface RemoteRepublishOptions extends Omit<RepublishOptions, 'repo' | 
 
 /** A fleet rollback on the server: the old release's files get their new names there, no bytes are sent. */
 export async function republishRemote(o: RemoteRepublishOptions): Promise<RemoteRelease> {
-  return onServer(o.client, o.workDir, o.onProgress ?? (() => {}), (work) => republishRelease({ ...o, repo: work, targetsOnly: true }));
+  return onServer(o.client, o.keys, o.workDir, o.onProgress ?? (() => {}), (work) => republishRelease({ ...o, repo: work, targetsOnly: true }));
 }
 
 /**
@@ -58,10 +59,10 @@ export async function republishRemote(o: RemoteRepublishOptions): Promise<Remote
  * files it lacks (uploaded from the mirror, or, when the mirror has none, linked on the server
  * from a file it has with the same content) and the new targets metadata.
  */
-async function onServer(client: FleetAdminClient, workDir: string | undefined, progress: (line: string) => void, change: (work: string) => Promise<Release>): Promise<RemoteRelease> {
+async function onServer(client: FleetAdminClient, keysDir: string, workDir: string | undefined, progress: (line: string) => void, change: (work: string) => Promise<Release>): Promise<RemoteRelease> {
   const work = await mkdtemp(join(workDir ?? tmpdir(), 'edgekit-publish-'));
   try {
-    const before = await mirrorMetadata(client, work);
+    const before = await mirrorMetadata(client, work, keysDir);
     const release = await change(work);
     const relOf = (path: string, sha256: string) => relative(work, targetFilePath(work, path, sha256)).split('\\').join('/');
     const uploaded: string[] = [];
@@ -96,7 +97,7 @@ async function onServer(client: FleetAdminClient, workDir: string | undefined, p
  * (The release is signed on top of this targets metadata: a server that changed it would get
  * the operator to sign its changes.)
  */
-async function mirrorMetadata(client: FleetAdminClient, dir: string): Promise<Targets> {
+async function mirrorMetadata(client: FleetAdminClient, dir: string, keysDir: string): Promise<Targets> {
   const fetchTo = async (rel: string): Promise<Buffer> => {
     const bytes = Buffer.from(await (await client.repoFile(rel)).arrayBuffer());
     await mkdir(dirname(join(dir, rel)), { recursive: true });
@@ -120,6 +121,13 @@ async function mirrorMetadata(client: FleetAdminClient, dir: string): Promise<Ta
   if (!Number.isInteger(targetsVersion)) throw new EdgekitError(`the fleet server's ${snapVersion}.snapshot.json names no targets version`);
   await fetchTo(`metadata/${targetsVersion}.targets.json`);
   const state = await readState(dir);
+  // The operator's root keys (public halves will do) anchor the server's root: a server that made
+  // up a root naming its own targets key could otherwise slip targets into what the operator signs.
+  const anchors = await loadRolePublicKeys(keysDir, 'root');
+  if (!anchors.length) throw new EdgekitError(`${keysDir}: no root key (root-<n>.key or its .pub): it is needed to check the fleet server's root before signing on top of its metadata`);
+  if (!anchors.some((k) => signedBy(k, state.root))) {
+    throw new EdgekitError(`the fleet server's root (version ${state.root.signed.version}) is signed by none of the root keys in ${keysDir}; not publishing on top of it`);
+  }
   for (const role of ['timestamp', 'snapshot', 'targets'] as const) {
     try {
       state.root.verifyDelegate(role, state[role]);
@@ -128,6 +136,15 @@ async function mirrorMetadata(client: FleetAdminClient, dir: string): Promise<Ta
     }
   }
   return state.targets.signed;
+}
+
+function signedBy(key: Key, md: Metadata<Root>): boolean {
+  try {
+    key.verifySignature(md);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Streams a local target file to the server, with progress lines for big ones. */

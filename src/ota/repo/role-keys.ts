@@ -9,7 +9,7 @@ import { mkdir, readdir, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Key, Signature } from '@tufjs/models';
 import { canonicalJson } from '../../sign/signed.js';
-import { generateKeyPair, loadPrivateKey, publicKeyOf } from '../../sign/keys.js';
+import { generateKeyPair, loadPrivateKey, loadPublicKey, publicKeyOf } from '../../sign/keys.js';
 import type { RoleName } from './layout.js';
 
 export interface RoleKey {
@@ -55,6 +55,25 @@ export async function loadRoleKeys(keysDir: string, role: RoleName, withRetired 
     for (const f of await keyFiles(dir)) if (f.role === role) out.push(await loadRoleKey(join(dir, f.name)));
   }
   return out;
+}
+
+/**
+ * The public keys of `role` in the keys folder and its retired/ folder: from `<role>-<n>.key.pub`,
+ * or the private key when its public half is missing. For trusting metadata from elsewhere.
+ */
+export async function loadRolePublicKeys(keysDir: string, role: RoleName): Promise<Key[]> {
+  const found = new Map<string, Key>();
+  for (const dir of [keysDir, join(keysDir, 'retired')]) {
+    const names = await readdir(dir).catch(() => [] as string[]);
+    for (const name of names) {
+      const m = new RegExp(`^${role}-\\d+\\.key(\\.pub)?$`).exec(name);
+      if (!m || (!m[1] && names.includes(`${name}.pub`))) continue;
+      const pub = m[1] ? await loadPublicKey(join(dir, name)) : publicKeyOf(await loadPrivateKey(join(dir, name)));
+      const key = tufKeyOf(pub);
+      found.set(key.keyID, key);
+    }
+  }
+  return [...found.values()];
 }
 
 export async function retireKey(keysDir: string, key: RoleKey): Promise<void> {
