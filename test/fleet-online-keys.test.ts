@@ -117,7 +117,7 @@ describe.each(FLEET_BACKENDS)('repository keys on the fleet server (%s)', (backe
     const targetsBefore = metadata(repo, 'timestamp.json').signed.version;
     const refused = await edgekit(['release', image.image, '--repo', repo, '--keys', keys, '--version', '2.0', '--fleet', url, '--fleet-token-file', readerFile]);
     expect(refused.code).toBe(1);
-    expect(refused.stderr).toMatch(/--fleet .*read-only; adding a release needs an operator token/);
+    expect(refused.stderr).toMatch(/--fleet .*read-only; publishing or adding a release needs an operator token/);
     expect(metadata(repo, 'timestamp.json').signed.version).toBe(targetsBefore);
 
     const r = await edgekit(['release', image.image, '--repo', repo, '--keys', keys, '--version', '2.0', '--channel', 'stable', '--fleet', url, '--fleet-token-file', fixture.adminTokenFile, '--json']);

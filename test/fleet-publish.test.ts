@@ -10,7 +10,8 @@
  * with. The server refuses uploads whose bytes do not match their name, targets metadata signed by
  * a key the root does not name, a stale version, expired metadata and files it lacks; a read-only
  * token is refused before anything is signed. --republish links the old files under their new
- * names on the server. Re-signing and publishing take turns (one process, and across servers).
+ * names on the server, and `release withdraw --fleet` takes a release out. Re-signing and
+ * publishing take turns (one process, and across servers).
  */
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { generateKeyPairSync } from 'node:crypto';
@@ -80,7 +81,7 @@ describe.each(FLEET_BACKENDS)('publishing to a fleet server over HTTP (%s)', (ba
     const before = filesBelow(repo);
     const r = await edgekit(['release', v1.image, '--fleet', url, '--keys', keys, '--version', '1.0', '--fleet-token-file', reader]);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/--fleet .*read-only; adding a release needs an operator token/);
+    expect(r.stderr).toMatch(/--fleet .*read-only; publishing or adding a release needs an operator token/);
     expect(filesBelow(repo)).toEqual(before);
     // The same token may read the repository, not write it.
     expect((await api(url, readFileSync(reader, 'utf8').trim(), 'GET', '/v1/admin/repo/metadata/timestamp.json')).status).toBe(200);
@@ -244,6 +245,20 @@ describe.each(FLEET_BACKENDS)('publishing to a fleet server over HTTP (%s)', (ba
     expect(bad.status).toBe(400);
     expect((await bad.json()).error).toMatch(/has another sha256 in its name/);
     expect(existsSync(join(repo, 'targets', 'gateway', 'qemu-x86_64', '1.3'))).toBe(false);
+  });
+
+  it('release withdraw --fleet takes a release out of the server\'s targets metadata', async () => {
+    const r = await edgekit(['release', 'withdraw', '1.2', '--fleet', url, '--keys', keys, '--fleet-token-file', operatorFile, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out.withdrawn.map((x: { custom: { version: string } }) => x.custom.version)).toEqual(['1.2']);
+    expect(out.server).toMatchObject({ targetsVersion: 6, uploaded: [], present: [] });
+    const client = createMetadataClient({
+      repoUrl: `${url}/v1/admin/repo/`, headers: async () => ({ authorization: `Bearer ${admin}` }),
+      trustedRoot, stateDir: mkdtempSync(join(fixture.dir, 'device-')), board: 'qemu-x86_64', name: 'gateway', installedVersion: '1.1',
+    });
+    expect(await client.refresh()).toBeNull();
+    expect(Object.keys(metadata(repo, '6.targets.json').signed.targets).filter((p) => p.includes('/1.2/'))).toEqual([]);
   });
 
   it('re-signing and publishing take turns: one job at a time in a server, and across servers through the store lease', async () => {

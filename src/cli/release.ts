@@ -112,17 +112,32 @@ Examples:
   release
     .command('withdraw <version>')
     .description('remove a release from its channel (new targets, snapshot and timestamp)')
-    .requiredOption('--repo <dir>', 'the release repository')
-    .requiredOption('--keys <dir>', 'role keys (targets, snapshot, timestamp)')
+    .option('--repo <dir>', 'the release repository')
+    .option('--keys <dir>', 'role keys (targets, snapshot, timestamp; targets and a root public key with --fleet)')
+    .option('--fleet <url>', 'without --repo: withdraw it from this fleet server\'s repository (the server signs snapshot and timestamp)')
+    .option('--fleet-token-file <file>', 'with --fleet: an operator admin token (default: $EDGEKIT_FLEET_TOKEN)')
     .option('--channel <c>', 'only in this channel')
     .option('--name <name>', 'only this image')
     .option('--board <board>', 'only this board')
     .option('--now <time>', 'sign as of this ISO time instead of the clock')
     .option('--json', 'machine-readable output')
-    .action(async (version: string, o: Omit<ReleaseOpts, 'version'> & { repo: string }) => {
-      const gone = await withdrawRelease({ repo: o.repo, version, channel: o.channel, name: o.name, board: o.board, keys: o.keys, now: nowOption(o.now) });
-      if (o.json) printJson(gone);
-      else for (const r of gone) console.log(`withdrew ${r.custom.name} ${r.custom.version} for ${r.custom.board} from channel ${r.custom.channel}`);
+    .action(async (version: string, o: Omit<ReleaseOpts, 'version'>) => {
+      if (!o.repo === !o.fleet) throw new EdgekitError('release withdraw: give --repo <dir>, or --fleet <url> for a fleet server\'s repository');
+      if (!o.keys) throw new EdgekitError('release withdraw: --keys is required');
+      if (o.fleetTokenFile && !o.fleet) throw new EdgekitError('--fleet-token-file needs --fleet <url>');
+      const common = { version, channel: o.channel, name: o.name, board: o.board, keys: o.keys, now: nowOption(o.now) };
+      let gone: Release[];
+      if (o.fleet) {
+        const client = await fleetFor(o.fleet, o.fleetTokenFile);
+        const { withdrawRemote } = await import('../fleet/remote-publish.js');
+        const r = await withdrawRemote({ ...common, client });
+        gone = r.withdrawn;
+        if (o.json) return printJson({ withdrawn: gone, server: r.server });
+      } else {
+        gone = await withdrawRelease({ ...common, repo: o.repo! });
+        if (o.json) return printJson(gone);
+      }
+      for (const r of gone) console.log(`withdrew ${r.custom.name} ${r.custom.version} for ${r.custom.board} from channel ${r.custom.channel}`);
     });
 }
 
@@ -134,6 +149,6 @@ async function fleetFor(server: string, tokenFile: string | undefined): Promise<
   const who = await client.whoami().catch((err: Error) => {
     throw new EdgekitError(`--fleet ${server}: ${err.message}`);
   });
-  if (who.scope === 'read') throw new EdgekitError(`--fleet ${server}: token ${who.tokenId} is read-only; adding a release needs an operator token`);
+  if (who.scope === 'read') throw new EdgekitError(`--fleet ${server}: token ${who.tokenId} is read-only; publishing or adding a release needs an operator token`);
   return client;
 }

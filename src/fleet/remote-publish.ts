@@ -15,7 +15,7 @@ import type { Key, Metadata, Root, TargetFile, Targets } from '@tufjs/models';
 import { EdgekitError } from '../util/errors.js';
 import { REPO_CONFIG, metadataPath, targetFilePath } from '../ota/repo/layout.js';
 import { readState } from '../ota/repo/metadata-files.js';
-import { publishRelease, republishRelease, type PublishOptions, type Release, type RepublishOptions } from '../ota/repo/publish.js';
+import { publishRelease, republishRelease, withdrawRelease, type PublishOptions, type Release, type RepublishOptions, type WithdrawOptions } from '../ota/repo/publish.js';
 import { verifiedStream } from '../ota/repo/fetchers.js';
 import { loadRolePublicKeys } from '../ota/repo/role-keys.js';
 import type { FleetAdminClient } from './admin-client.js';
@@ -29,9 +29,16 @@ export interface RemotePublishOptions extends Omit<PublishOptions, 'repo' | 'tar
   workDir?: string;
 }
 
+/** What the server did: the versions it wrote, and which files went up (the others it had). */
+export interface ServerResult {
+  targetsVersion: number;
+  timestampVersion: number;
+  uploaded: string[];
+  present: string[];
+}
+
 export interface RemoteRelease extends Release {
-  /** What the server did: the versions it wrote, and which files went up (the others it had). */
-  server: { targetsVersion: number; timestampVersion: number; uploaded: string[]; present: string[] };
+  server: ServerResult;
 }
 
 /** Files this big or bigger get progress lines while they move. */
@@ -54,12 +61,25 @@ export async function republishRemote(o: RemoteRepublishOptions): Promise<Remote
   return onServer(o.client, o.keys, o.workDir, o.onProgress ?? (() => {}), (work) => republishRelease({ ...o, repo: work, targetsOnly: true }));
 }
 
+export interface RemoteWithdrawOptions extends Omit<WithdrawOptions, 'repo' | 'targetsOnly'> {
+  client: FleetAdminClient;
+  workDir?: string;
+}
+
+/** Withdraws a release on the server: new targets metadata without it (no files move). */
+export async function withdrawRemote(o: RemoteWithdrawOptions): Promise<{ withdrawn: Release[]; server: ServerResult }> {
+  const r = await onServer(o.client, o.keys, o.workDir, () => {}, async (work) => ({ files: [], withdrawn: await withdrawRelease({ ...o, repo: work, targetsOnly: true }) }));
+  return { withdrawn: r.withdrawn, server: r.server };
+}
+
 /**
- * Makes a release in a mirror of the server's metadata with `change`, then sends the server the
+ * Makes a change in a mirror of the server's metadata with `change`, then sends the server the
  * files it lacks (uploaded from the mirror, or, when the mirror has none, linked on the server
  * from a file it has with the same content) and the new targets metadata.
  */
-async function onServer(client: FleetAdminClient, keysDir: string, workDir: string | undefined, progress: (line: string) => void, change: (work: string) => Promise<Release>): Promise<RemoteRelease> {
+async function onServer<T extends { files: Release['files'] }>(
+  client: FleetAdminClient, keysDir: string, workDir: string | undefined, progress: (line: string) => void, change: (work: string) => Promise<T>,
+): Promise<T & { server: ServerResult }> {
   const work = await mkdtemp(join(workDir ?? tmpdir(), 'edgekit-publish-'));
   try {
     const before = await mirrorMetadata(client, work, keysDir);
@@ -93,9 +113,8 @@ async function onServer(client: FleetAdminClient, keysDir: string, workDir: stri
 
 /**
  * Copies the server's current repo.json, root, timestamp, snapshot and targets metadata into
- * `dir` and checks each is signed by its role's keys in that root; returns the targets.
- * (The release is signed on top of this targets metadata: a server that changed it would get
- * the operator to sign its changes.)
+ * `dir` and checks them (the release is signed on top of this targets metadata: a server that
+ * changed it would get the operator to sign its changes); returns the targets.
  */
 async function mirrorMetadata(client: FleetAdminClient, dir: string, keysDir: string): Promise<Targets> {
   const fetchTo = async (rel: string): Promise<Buffer> => {
