@@ -34,7 +34,7 @@ export function registerRelease(program: Command): void {
     .description('publish a built image as a signed release; --republish <old> rolls a fleet back under a new version')
     // Checked in the action: commander would demand a parent's required options from `withdraw` too.
     .option('--repo <dir>', 'the release repository (edgekit repo init); without it, --fleet publishes to the server\'s repository over HTTP')
-    .option('--keys <dir>', 'role keys (targets, snapshot, timestamp; only targets when publishing to a fleet server without --repo)')
+    .option('--keys <dir>', 'role keys (targets, snapshot, timestamp; without --repo: targets and a root public key only)')
     .option('--version <v>', 'release version; higher than every release in the channel')
     .option('--channel <c>', 'release channel', 'stable')
     .option('--delta-from <versions...>', 'also publish root deltas from these earlier releases (devices on them download only what changed)')
@@ -47,7 +47,8 @@ export function registerRelease(program: Command): void {
     .option('--json', 'machine-readable output')
     .addHelpText('after', `
 Publishing to a fleet server over HTTP (no --repo): the server's current metadata is fetched and
-checked, the release is signed here with the targets key only, the files the server lacks are
+checked against a root key in --keys (its .pub will do), the release is signed here with the
+targets key only, the files the server lacks are
 uploaded (progress on stderr), then the signed targets metadata; the server writes snapshot and
 timestamp with its online keys and the release is added to the channel.
 
