@@ -1,6 +1,21 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { lz4Bound, lz4Compress, lz4Decompress, Lz4FormatError } from '../src/fs/squashfs/lz4.js';
+import { LZ4_ENCODER, lz4Bound, lz4Compress, lz4Decompress, lz4Encoder, lz4EncoderJs, Lz4FormatError } from '../src/fs/squashfs/lz4.js';
+import { LZ4_ENCODER_WASM } from '../src/fs/squashfs/lz4-encoder-wasm.js';
+// @ts-expect-error: a plain .mjs script, no types
+import { assemble } from '../scripts/build-lz4-wasm.mjs';
+
+/** Deterministic pseudo-random bytes (an LCG), so the fixed input below is the same on every run. */
+function lcg(n: number, seed: number): Buffer {
+  const b = Buffer.alloc(n);
+  let x = seed;
+  for (let i = 0; i < n; i++) {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+    b[i] = x >>> 24;
+  }
+  return b;
+}
 
 function roundTrip(src: Buffer): Buffer {
   const packed = Buffer.alloc(lz4Bound(src.length));
@@ -36,5 +51,57 @@ describe('lz4 block codec', () => {
     expect(() => lz4Decompress(packed, Buffer.alloc(src.length - 1))).toThrow(Lz4FormatError);
     const badOffset = Buffer.from([0x14, 0x61, 0xff, 0xff, 0x00]); // 1 literal, then a match 65535 back
     expect(() => lz4Decompress(badOffset, Buffer.alloc(100))).toThrow(/offset/);
+  });
+
+  it('still writes edgekit-lz4/1: the bytes the first release of the encoder wrote for a fixed input', () => {
+    // The sha256 of what edgekit-lz4/1 (the JavaScript encoder as first released) made of this
+    // input in 128 KiB blocks. A different hash means images and deltas change: a new LZ4_ENCODER.
+    const text = Buffer.from('the quick brown fox jumps over the lazy dog; '.repeat(3000));
+    const input = Buffer.concat([lcg(70000, 1), text, Buffer.alloc(50000, 9), lcg(3000, 2), text.subarray(5, 40000), Buffer.from('abababababababababcabcabcabc'.repeat(2000))]);
+    expect(LZ4_ENCODER).toBe('edgekit-lz4/1');
+    for (const encode of [lz4Compress, lz4EncoderJs()]) {
+      const hash = createHash('sha256');
+      const dst = Buffer.alloc(lz4Bound(1 << 17));
+      for (let at = 0; at < input.length; at += 1 << 17) hash.update(dst.subarray(0, encode(input.subarray(at, at + (1 << 17)), dst)));
+      expect(hash.digest('hex')).toBe('234b5be0685285327a1507a9d5d1dfd041489a2001ab84a719ab960afcf1c456');
+    }
+  });
+
+  it('the WebAssembly encoder gives the JavaScript reference encoder\'s bytes, block after block', () => {
+    // Real machine code (node's own executable), text, runs, random data and block sizes from
+    // 0 to 1 MiB, through one encoder of each kind so stale hash-table entries are exercised too.
+    const exe = readFileSync(process.execPath).subarray(0, 6 << 20);
+    const blocks: Buffer[] = [];
+    for (let at = 0; at + (1 << 17) <= exe.length; at += 1 << 17) blocks.push(exe.subarray(at, at + (1 << 17)));
+    blocks.push(exe.subarray(0, 1 << 20), Buffer.alloc(0), Buffer.from('abc'), Buffer.alloc(13, 1), lcg(12, 3), lcg(4097, 4));
+    blocks.push(Buffer.concat([Buffer.alloc(1000, 7), lcg(70_000, 5), Buffer.alloc(70_000, 8)]), Buffer.from('xyxyxyz'.repeat(20_000)));
+    const wasm = lz4Encoder();
+    const js = lz4EncoderJs();
+    const a = Buffer.alloc(lz4Bound(1 << 20));
+    const b = Buffer.alloc(lz4Bound(1 << 20));
+    const back = Buffer.alloc(1 << 20);
+    for (const src of [...blocks, ...blocks.slice(0, 5)]) {
+      const n = wasm(src, a);
+      expect(js(src, b)).toBe(n);
+      expect(a.subarray(0, n).equals(b.subarray(0, n))).toBe(true);
+      expect(lz4Decompress(a.subarray(0, n), back.subarray(0, src.length))).toBe(src.length);
+      expect(back.subarray(0, src.length).equals(src)).toBe(true);
+    }
+  });
+
+  it('ships the WebAssembly module that lz4-encoder.wat assembles to', async () => {
+    const ts: string = await assemble();
+    const b64 = [...ts.matchAll(/'([A-Za-z0-9+/=]+)'/g)].map((m) => m[1]).join('');
+    expect(b64).toBe(LZ4_ENCODER_WASM);
+  });
+
+  it('decodes overlapping matches (offsets 1 to 7) and blocks that end right at the buffer end', () => {
+    for (let period = 1; period <= 7; period++) {
+      const unit = lcg(period, period);
+      for (const total of [19, 20, 21, 22, 23, 64, 1000]) {
+        const src = Buffer.concat([Buffer.from('head'), Buffer.alloc(total).map((_, i) => unit[i % period]), Buffer.from('tail!')]);
+        roundTrip(src);
+      }
+    }
   });
 });
