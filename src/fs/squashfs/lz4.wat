@@ -1,10 +1,10 @@
-;; edgekit-lz4/1 block encoder in WebAssembly: the same greedy match finder as lz4EncoderJs() in
-;; lz4.ts, instruction for instruction, so it gives the same bytes (test/fs-lz4.test.ts checks
+;; edgekit-lz4/1 block encoder and an LZ4 block decoder in WebAssembly. The encoder is the same greedy
+;; match finder as lz4EncoderJs() in lz4.ts, instruction for instruction, so it gives the same bytes (test/fs-lz4.test.ts checks
 ;; both on the same blocks). Why: an OTA delta rebuilds changed root blocks on the device, and
 ;; this loop was the largest part of applying one; V8 runs it about 1.7x faster as WebAssembly
 ;; (unaligned 32-bit loads, no typed-array bounds checks) than as JavaScript.
 ;;
-;; Edit this file, then run scripts/build-lz4-wasm.mjs to regenerate lz4-encoder-wasm.ts.
+;; Edit this file, then run scripts/build-lz4-wasm.mjs to regenerate lz4-wasm.ts.
 ;;
 ;; Memory (40 pages, 2.5 MiB):
 ;;   [0, 256 KiB)              hash table: 65536 positions, each (generation base + position)
@@ -120,4 +120,77 @@
     (if (i32.ge_s (local.get $lit) (i32.const 15))
       (then (local.set $op (call $len (local.get $op) (i32.sub (local.get $lit) (i32.const 15))))))
     (memory.copy (i32.add (local.get $op) (i32.const 1310720)) (i32.add (local.get $anchor) (i32.const 262144)) (local.get $lit))
-    (i32.add (local.get $op) (local.get $lit))))
+    (i32.add (local.get $op) (local.get $lit)))
+  ;; decompress(end, cap): decodes the block of `end` bytes at 1280 KiB into the `cap` bytes at
+  ;; 256 KiB (the roles of the encoder's two areas swapped) and returns the decoded length, or a
+  ;; negative code for a corrupt block (lz4.ts names them): every length and offset is checked
+  ;; against both areas, as lz4DecompressJs does. Fast copies (8 or 16 bytes at a time) run only
+  ;; where they stay inside both `end` and `cap`.
+  (func (export "decompress") (param $end i32) (param $cap i32) (result i32)
+    (local $ip i32) (local $op i32) (local $token i32) (local $lit i32) (local $len i32)
+    (local $x i32) (local $offset i32) (local $from i32) (local $stop i32)
+    (loop $seq
+      (if (i32.ge_u (local.get $ip) (local.get $end)) (then (return (i32.const -1))))
+      (local.set $token (i32.load8_u offset=1310720 (local.get $ip)))
+      (local.set $ip (i32.add (local.get $ip) (i32.const 1)))
+      (local.set $lit (i32.shr_u (local.get $token) (i32.const 4)))
+      (if (i32.eq (local.get $lit) (i32.const 15))
+        (then
+          (loop $more
+            (if (i32.ge_u (local.get $ip) (local.get $end)) (then (return (i32.const -2))))
+            (local.set $x (i32.load8_u offset=1310720 (local.get $ip)))
+            (local.set $ip (i32.add (local.get $ip) (i32.const 1)))
+            (local.set $lit (i32.add (local.get $lit) (local.get $x)))
+            (br_if $more (i32.eq (local.get $x) (i32.const 255))))))
+      (if (i32.or (i32.gt_u (i32.add (local.get $ip) (local.get $lit)) (local.get $end))
+                  (i32.gt_u (i32.add (local.get $op) (local.get $lit)) (local.get $cap)))
+        (then (return (i32.const -3))))
+      (if (i32.and (i32.le_u (local.get $lit) (i32.const 16))
+                   (i32.and (i32.le_u (i32.add (local.get $ip) (i32.const 16)) (local.get $end))
+                            (i32.le_u (i32.add (local.get $op) (i32.const 16)) (local.get $cap))))
+        (then
+          (i64.store offset=262144 align=1 (local.get $op) (i64.load offset=1310720 align=1 (local.get $ip)))
+          (i64.store offset=262152 align=1 (local.get $op) (i64.load offset=1310728 align=1 (local.get $ip))))
+        (else
+          (memory.copy (i32.add (local.get $op) (i32.const 262144)) (i32.add (local.get $ip) (i32.const 1310720)) (local.get $lit))))
+      (local.set $ip (i32.add (local.get $ip) (local.get $lit)))
+      (local.set $op (i32.add (local.get $op) (local.get $lit)))
+      (if (i32.eq (local.get $ip) (local.get $end)) (then (return (local.get $op))))
+      (if (i32.gt_u (i32.add (local.get $ip) (i32.const 2)) (local.get $end)) (then (return (i32.const -4))))
+      (local.set $offset (i32.load16_u offset=1310720 align=1 (local.get $ip)))
+      (local.set $ip (i32.add (local.get $ip) (i32.const 2)))
+      (local.set $len (i32.and (local.get $token) (i32.const 15)))
+      (if (i32.eq (local.get $len) (i32.const 15))
+        (then
+          (loop $more
+            (if (i32.ge_u (local.get $ip) (local.get $end)) (then (return (i32.const -2))))
+            (local.set $x (i32.load8_u offset=1310720 (local.get $ip)))
+            (local.set $ip (i32.add (local.get $ip) (i32.const 1)))
+            (local.set $len (i32.add (local.get $len) (local.get $x)))
+            (br_if $more (i32.eq (local.get $x) (i32.const 255))))))
+      (local.set $len (i32.add (local.get $len) (i32.const 4)))
+      (if (i32.or (i32.eqz (local.get $offset)) (i32.gt_u (local.get $offset) (local.get $op)))
+        (then (return (i32.const -5))))
+      (if (i32.gt_u (i32.add (local.get $op) (local.get $len)) (local.get $cap)) (then (return (i32.const -6))))
+      (local.set $from (i32.sub (local.get $op) (local.get $offset)))
+      (local.set $stop (i32.add (local.get $op) (local.get $len)))
+      (if (i32.and (i32.ge_u (local.get $offset) (i32.const 8))
+                   (i32.le_u (i32.add (local.get $stop) (i32.const 8)) (local.get $cap)))
+        (then
+          ;; With the source at least 8 behind, each word read is already written: an
+          ;; overlapping match (a repeated pattern) comes out as the format defines it.
+          (loop $words
+            (i64.store offset=262144 align=1 (local.get $op) (i64.load offset=262144 align=1 (local.get $from)))
+            (local.set $op (i32.add (local.get $op) (i32.const 8)))
+            (local.set $from (i32.add (local.get $from) (i32.const 8)))
+            (br_if $words (i32.lt_u (local.get $op) (local.get $stop)))))
+        (else
+          (loop $bytes
+            (i32.store8 offset=262144 (local.get $op) (i32.load8_u offset=262144 (local.get $from)))
+            (local.set $op (i32.add (local.get $op) (i32.const 1)))
+            (local.set $from (i32.add (local.get $from) (i32.const 1)))
+            (br_if $bytes (i32.lt_u (local.get $op) (local.get $stop))))))
+      (local.set $op (local.get $stop))
+      (br $seq))
+    (unreachable)))
+
