@@ -206,6 +206,10 @@ class Ordered {
   async drain(): Promise<void> {
     while (this.queue.length) this.out.write(await this.queue.shift()!);
   }
+  /** Anything still being deflated (callers skip the await of drain() when not: lz4 and none never queue). */
+  get pending(): boolean {
+    return this.queue.length > 0;
+  }
 }
 
 function deflateAsync(data: Buffer): Promise<Buffer> {
@@ -407,7 +411,7 @@ async function run(path: string, bodyStart: number, header: DeltaHeader, old: Ol
         let len = ops.varint();
         plan(len);
         if (off + len > header.from.size) throw new DeltaFormatError(`copy ${off}+${len} is outside the active payload`);
-        await ordered.drain();
+        if (ordered.pending) await ordered.drain();
         while (len > 0) {
           const n = Math.min(len, CHUNK);
           out.write(old.stored(off, scratch.subarray(0, n)));
@@ -419,7 +423,7 @@ async function run(path: string, bodyStart: number, header: DeltaHeader, old: Ol
       case Op.Literal: {
         let len = ops.varint();
         plan(len);
-        await ordered.drain();
+        if (ordered.pending) await ordered.drain();
         while (len > 0) {
           const n = Math.min(len, CHUNK);
           out.write(await lit.take(n, scratch, 0));
@@ -456,7 +460,13 @@ async function run(path: string, bodyStart: number, header: DeltaHeader, old: Ol
             readEnd[src] = off + n;
             if (at + n > rawLen) throw new DeltaFormatError('a piece overruns its block');
             old.read(src, off, n, raw, at);
-            if (piece === Op.RAdd) await addDiff(raw, at, n);
+            if (piece === Op.RAdd) {
+              // Synchronously when the bytes are buffered (most pieces): an await per piece would
+              // cost a promise and a microtask turn each.
+              const p = add.skip(n);
+              if (p >= 0) addBytes(raw, at, add.current, p, n);
+              else await addDiff(raw, at, n);
+            }
             at += n;
           } else throw new DeltaFormatError(`unknown piece ${piece}`);
         }
@@ -466,18 +476,18 @@ async function run(path: string, bodyStart: number, header: DeltaHeader, old: Ol
           return b;
         };
         if (rawStored) {
-          await ordered.drain();
+          if (ordered.pending) await ordered.drain();
           out.write(check(raw));
         } else if (header.target.compression === 'gzip') await ordered.push(deflateAsync(raw).then(check));
         else {
           // Into one reused buffer (SlotWriter copies what it is given).
-          await ordered.drain();
+          if (ordered.pending) await ordered.drain();
           out.write(check(compressInto(raw, lz4Out!)));
         }
         break;
       }
       case Op.Verity: {
-        await ordered.drain();
+        if (ordered.pending) await ordered.drain();
         if (!out.verity || out.position !== out.verityEnd) throw new DeltaFormatError('hash tree requested at the wrong place');
         const { tree } = out.verity.finish();
         plan(tree.length);
