@@ -47,7 +47,7 @@ const IN_FLIGHT = 4;
 const CHUNK = 1 << 20;
 const MAX_HEADER = 64 << 20;
 const MAX_BLOCK = 1 << 20;
-const CACHED_BLOCKS = 16;
+const CACHED_BLOCKS = 24;
 const COMPRESSIONS = new Set(['gzip', 'lz4', 'none']);
 
 const slotPath = (t: SlotTarget) => (typeof t === 'string' ? t : t.path);
