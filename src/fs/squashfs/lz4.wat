@@ -1,19 +1,22 @@
-;; edgekit-lz4/1 block encoder and an LZ4 block decoder in WebAssembly. The encoder is the same greedy
-;; match finder as lz4EncoderJs() in lz4.ts, instruction for instruction, so it gives the same bytes (test/fs-lz4.test.ts checks
-;; both on the same blocks). Why: an OTA delta rebuilds changed root blocks on the device, and
-;; this loop was the largest part of applying one; V8 runs it about 1.7x faster as WebAssembly
-;; (unaligned 32-bit loads, no typed-array bounds checks) than as JavaScript.
+;; LZ4 block codec in WebAssembly: the edgekit-lz4/1 encoder and a block decoder.
+;;
+;; The encoder is the greedy match finder of lz4EncoderJs() in lz4.ts, step for step, so it
+;; writes the same bytes (test/fs-lz4.test.ts checks both against each other and against a
+;; hash of what the first edgekit-lz4/1 wrote). Why WebAssembly: an OTA delta rebuilds the
+;; changed blocks of a root on the device, and encoding them was the largest part of applying
+;; one; V8 runs this about 1.8x faster than the JavaScript (unaligned 32/64-bit loads, no
+;; typed-array bounds checks). The decoder checks every length and offset like lz4DecompressJs.
 ;;
 ;; Edit this file, then run scripts/build-lz4-wasm.mjs to regenerate lz4-wasm.ts.
 ;;
 ;; Memory (40 pages, 2.5 MiB):
 ;;   [0, 256 KiB)              hash table: 65536 positions, each (generation base + position)
-;;   [256 KiB, 1280 KiB)       the block to compress (at most 1 MiB)
-;;   [1280 KiB, ...)           the compressed block (at most lz4Bound(1 MiB) bytes)
-;; compress(n, b) compresses the n bytes at 256 KiB with table entries below b treated as stale,
-;; and returns the compressed length. Short literal runs are copied 16 bytes at a time, which may
-;; write past the compressed length and read past the block: both stay inside memory, and bytes
-;; past the returned length are never read back.
+;;   [256 KiB, 1280 KiB)       raw area: the block to compress, or the decoded block
+;;   [1280 KiB, ...)           compressed area (at most lz4Bound(1 MiB) bytes)
+;; compress(n, b) compresses the n bytes of the raw area with table entries below b treated as
+;; stale, and returns the compressed length. Short literal runs are copied 16 bytes at a time,
+;; which may write past the compressed length and read past the block: both stay inside memory,
+;; and bytes past the returned length are never read back.
 (module
   (memory (export "memory") 40)
   (func $len (param $op i32) (param $len i32) (result i32)
@@ -30,7 +33,7 @@
     (local $anchor i32) (local $op i32) (local $ip i32) (local $misses i32)
     (local $mflimit i32) (local $matchlimit i32) (local $wordlimit i32)
     (local $seq i32) (local $h i32) (local $ref i32) (local $start i32) (local $from i32)
-    (local $end i32) (local $r i32) (local $x i32) (local $lit i32) (local $ml i32)
+    (local $end i32) (local $r i32) (local $x i32) (local $lit i32) (local $ml i32) (local $x64 i64)
     (if (i32.ge_s (local.get $n) (i32.const 13))
       (then
         (local.set $mflimit (i32.sub (local.get $n) (i32.const 12)))
@@ -68,6 +71,16 @@
             (local.set $r (i32.add (local.get $ref) (i32.const 4)))
             (block $fdone
               (loop $fwd
+                (if (i32.le_s (local.get $end) (i32.sub (local.get $wordlimit) (i32.const 4)))
+                  (then
+                    (local.set $x64 (i64.xor (i64.load offset=262144 align=1 (local.get $end)) (i64.load offset=262144 align=1 (local.get $r))))
+                    (if (i64.eqz (local.get $x64))
+                      (then
+                        (local.set $end (i32.add (local.get $end) (i32.const 8)))
+                        (local.set $r (i32.add (local.get $r) (i32.const 8)))
+                        (br $fwd)))
+                    (local.set $end (i32.add (local.get $end) (i32.wrap_i64 (i64.shr_u (i64.ctz (local.get $x64)) (i64.const 3)))))
+                    (br $fdone)))
                 (if (i32.le_s (local.get $end) (local.get $wordlimit))
                   (then
                     (local.set $x (i32.xor (i32.load offset=262144 align=1 (local.get $end)) (i32.load offset=262144 align=1 (local.get $r))))
