@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { LZ4_ENCODER, lz4Bound, lz4Compress, lz4Decompress, lz4DecompressJs, lz4Encoder, lz4EncoderJs, Lz4FormatError } from '../src/fs/squashfs/lz4.js';
@@ -65,6 +66,25 @@ describe('lz4 block codec', () => {
       for (let at = 0; at < input.length; at += 1 << 17) hash.update(dst.subarray(0, encode(input.subarray(at, at + (1 << 17)), dst)));
       expect(hash.digest('hex')).toBe('234b5be0685285327a1507a9d5d1dfd041489a2001ab84a719ab960afcf1c456');
     }
+  });
+
+  it('falls back to the JavaScript codec where node has no WebAssembly (--jitless), with the same bytes', () => {
+    // The built module (npm run build), in a node without WebAssembly: same fixed input, same hash.
+    const script = `
+      import { createHash } from 'node:crypto';
+      const { lz4Bound, lz4Compress, lz4Decompress } = await import(${JSON.stringify(new URL('../dist/fs/squashfs/lz4.js', import.meta.url).href)});
+      const src = Buffer.from('the quick brown fox jumps over the lazy dog; '.repeat(3000));
+      const dst = Buffer.alloc(lz4Bound(src.length));
+      const n = lz4Compress(src, dst);
+      const back = Buffer.alloc(src.length);
+      if (lz4Decompress(dst.subarray(0, n), back) !== src.length || !back.equals(src)) throw new Error('round trip');
+      console.log(typeof WebAssembly, createHash('sha256').update(dst.subarray(0, n)).digest('hex'));`;
+    const r = spawnSync(process.execPath, ['--jitless', '--input-type=module', '-e', script], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0); // V8 warns on stderr that --jitless disables WebAssembly
+    const text = Buffer.from('the quick brown fox jumps over the lazy dog; '.repeat(3000));
+    const dst = Buffer.alloc(lz4Bound(text.length));
+    const n = lz4Compress(text, dst);
+    expect(r.stdout.trim()).toBe(`undefined ${createHash('sha256').update(dst.subarray(0, n)).digest('hex')}`);
   });
 
   it('the WebAssembly encoder gives the JavaScript reference encoder\'s bytes, block after block', () => {

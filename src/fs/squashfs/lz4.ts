@@ -162,9 +162,10 @@ const WASM_TABLE_BYTES = 4 << HASH_LOG;
 const WASM_RAW = 1 << 18;
 const WASM_PACKED = WASM_RAW + (1 << 20);
 let wasmModule: object | undefined;
+/** Absent where node runs without it (--jitless): then the JavaScript codec, which gives the same bytes. */
+const wasm = (globalThis as unknown as { WebAssembly?: Wasm }).WebAssembly;
 
-function lz4Wasm(): { exports: Lz4Wasm; mem: Uint8Array } {
-  const wasm = (globalThis as unknown as { WebAssembly: Wasm }).WebAssembly;
+function lz4Wasm(wasm: Wasm): { exports: Lz4Wasm; mem: Uint8Array } {
   wasmModule ??= new wasm.Module(Buffer.from(LZ4_WASM, 'base64'));
   const { exports } = new wasm.Instance(wasmModule, {});
   return { exports, mem: new Uint8Array(exports.memory.buffer) };
@@ -176,7 +177,8 @@ function lz4Wasm(): { exports: Lz4Wasm; mem: Uint8Array } {
  * Its instance's memory is 2.5 MiB, of which a block's worth is touched.
  */
 export function lz4Encoder(): Lz4Compress {
-  const { exports, mem } = lz4Wasm();
+  if (!wasm) return lz4EncoderJs();
+  const { exports, mem } = lz4Wasm(wasm);
   let base = 0;
   return (src, dst) => {
     const n = src.length;
@@ -296,8 +298,8 @@ let decoder: { exports: Lz4Wasm; mem: Uint8Array } | undefined;
  * 1 MiB each way; bytes of `dst` past the returned length are left as they were.
  */
 export function lz4Decompress(src: Uint8Array, dst: Uint8Array): number {
-  if (src.length > lz4Bound(1 << 20) || dst.length > 1 << 20) return lz4DecompressJs(src, dst);
-  decoder ??= lz4Wasm();
+  if (!wasm || src.length > lz4Bound(1 << 20) || dst.length > 1 << 20) return lz4DecompressJs(src, dst);
+  decoder ??= lz4Wasm(wasm);
   decoder.mem.set(src, WASM_PACKED);
   const n = decoder.exports.decompress(src.length, dst.length);
   if (n < 0) throw new Lz4FormatError(WASM_ERRORS[n] ?? `lz4: corrupt block (${n})`);
