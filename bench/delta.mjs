@@ -35,17 +35,25 @@ const { values: args } = parseArgs({
     'skip-bsdiff': { type: 'boolean', default: false },
     compression: { type: 'string', default: 'lz4' },
     keep: { type: 'boolean', default: false },
+    'apply-runs': { type: 'string', default: '7' },
     help: { type: 'boolean', default: false },
   },
 });
 if (args.help) {
-  console.log(`usage: bench/delta [--suite S] [--board B] [--compression C] [--skip-bsdiff] [--keep]
+  console.log(`usage: bench/delta [--suite S] [--board B] [--compression C] [--skip-bsdiff] [--apply-runs N] [--keep]
   --suite S       Debian suite of v1; v2 adds S-updates and S-security (default trixie)
   --board B       board to build for (default qemu-arm64)
   --compression C the root's squashfs compression: lz4 (edgekit's default), gzip or none
   --skip-bsdiff   skip bsdiff on the whole cpio (about 90 s and 1 GB of memory)
+  --apply-runs N  edgekit's and xdelta3's applies on the payload, run in turn N times each;
+                  their medians are what the table and the goal compare (default 7)
   --keep          keep the work folder and print where it is`);
   process.exit(0);
+}
+const applyRuns = Number(args['apply-runs']);
+if (!Number.isInteger(applyRuns) || applyRuns < 1) {
+  console.error(`bench/delta: --apply-runs ${args['apply-runs']} is not a whole number of at least 1`);
+  process.exit(2);
 }
 const say = (msg) => process.stderr.write(`bench: ${msg}\n`);
 const CLI = join(REPO, 'bin/edgekit.js');
@@ -164,7 +172,8 @@ try {
   const info = await makeDelta(v1.payload, v2.payload, delta, { veritySalt: v2.salt });
   const makeSeconds = (performance.now() - t0) / 1000;
   const slot = join(work, 'slot-b.img');
-  const child = await timedProcess('node', [join(REPO, 'bench/lib/apply-delta-child.mjs'), REPO, delta, v1.payload, slot, v2.sha256, String(v2.size)]);
+  const applyOurs = () => timedProcess('node', [join(REPO, 'bench/lib/apply-delta-child.mjs'), REPO, delta, v1.payload, slot, v2.sha256, String(v2.size)]);
+  const child = await applyOurs();
   const applied = JSON.parse(child.stdout.trim());
   const same = Buffer.compare(await readFile(slot), await readFile(v2.payload)) === 0;
   if (!same) throw new Error('applied slot differs from the v2 payload');
@@ -173,27 +182,46 @@ try {
   );
 
   const rows = [];
-  // The whole apply process (node's start-up included), as for the tools below.
-  rows.push({ tool: 'edgekit delta (squashfs, per-file bsdiff)', bytes: info.bytes, make: makeSeconds, apply: child.seconds, rss: child.peakRss });
   console.log(`edgekit apply: ${seconds(applied.seconds)} inside applyDelta, ${seconds(child.seconds)} for the whole process`);
 
   // xdelta3 on the payloads
   const x1 = join(work, 'xdelta-sq');
   let t = await timedProcess('xdelta3', ['-9', '-e', '-f', '-s', v1.payload, v2.payload, x1]);
-  let a = await timedProcess('xdelta3', ['-d', '-f', '-s', v1.payload, x1, join(work, 'xd-out')]);
-  rows.push({ tool: 'xdelta3 -9 (squashfs payload)', bytes: await size(x1), make: t.seconds, apply: a.seconds, rss: a.peakRss });
-  const xdeltaApply = a.seconds;
+  const applyXdelta = () => timedProcess('xdelta3', ['-d', '-f', '-s', v1.payload, x1, join(work, 'xd-out')]);
+
+  // The two applies in turn, so a change in the load of a shared machine falls on both alike;
+  // whole processes (node's start-up included). Medians of wall-clock and of CPU (user + system).
+  const ourRuns = [], xdRuns = [];
+  for (let i = 0; i < applyRuns; i++) {
+    ourRuns.push(await applyOurs());
+    xdRuns.push(await applyXdelta());
+  }
+  const median = (xs) => {
+    const s = [...xs].sort((p, q) => p - q);
+    return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+  };
+  const ourApply = median(ourRuns.map((r) => r.seconds)), ourCpu = median(ourRuns.map((r) => r.cpuSeconds));
+  const xdeltaApply = median(xdRuns.map((r) => r.seconds)), xdeltaCpu = median(xdRuns.map((r) => r.cpuSeconds));
+  const ourRss = Math.max(child.peakRss, ...ourRuns.map((r) => r.peakRss));
+  console.log(
+    `apply on the payload, ${applyRuns} runs of each in turn (medians; load average ${loadavg().map((l) => l.toFixed(1)).join(' ')}): ` +
+      `edgekit ${seconds(ourApply)} wall, ${seconds(ourCpu)} CPU; xdelta3 ${seconds(xdeltaApply)} wall, ${seconds(xdeltaCpu)} CPU; ` +
+      `edgekit/xdelta3 ${ratio(ourApply, xdeltaApply)} wall, ${ratio(ourCpu, xdeltaCpu)} CPU`,
+  );
+  rows.push({ tool: 'edgekit delta (squashfs, per-file bsdiff)', bytes: info.bytes, make: makeSeconds, apply: ourApply, cpu: ourCpu, rss: ourRss });
+  rows.push({ tool: 'xdelta3 -9 (squashfs payload)', bytes: await size(x1), make: t.seconds, apply: xdeltaApply, cpu: xdeltaCpu, rss: Math.max(...xdRuns.map((r) => r.peakRss)) });
+  let a;
 
   // zstd --patch-from on the payloads
   const z1 = join(work, 'zstd-sq');
   t = await timedProcess('zstd', ['-q', '-f', '-19', '--long=28', `--patch-from=${v1.payload}`, v2.payload, '-o', z1]);
   a = await timedProcess('zstd', ['-q', '-f', '-d', '--long=28', `--patch-from=${v1.payload}`, z1, '-o', join(work, 'zs-out')]);
-  rows.push({ tool: 'zstd -19 --patch-from (squashfs payload)', bytes: await size(z1), make: t.seconds, apply: a.seconds, rss: a.peakRss });
+  rows.push({ tool: 'zstd -19 --patch-from (squashfs payload)', bytes: await size(z1), make: t.seconds, apply: a.seconds, cpu: a.cpuSeconds, rss: a.peakRss });
 
   if (await hasCommand('casync')) {
     for (const avg of [16384, 65536]) {
       const c = await casyncBytes(v1.payload, v2.payload, avg);
-      rows.push({ tool: `casync ${avg / 1024} KiB chunks (new chunks + index)`, bytes: c.bytes, make: c.make, apply: NaN, rss: NaN });
+      rows.push({ tool: `casync ${avg / 1024} KiB chunks (new chunks + index)`, bytes: c.bytes, make: c.make, apply: NaN, cpu: NaN, rss: NaN });
     }
   }
 
@@ -203,11 +231,11 @@ try {
   const x2 = join(work, 'xdelta-cpio');
   t = await timedProcess('xdelta3', ['-9', '-e', '-f', '-B', String(1 << 30), '-s', c1, c2, x2]);
   a = await timedProcess('xdelta3', ['-d', '-f', '-B', String(1 << 30), '-s', c1, x2, join(work, 'xd2-out')]);
-  rows.push({ tool: 'xdelta3 -9 (cpio)', bytes: await size(x2), make: t.seconds, apply: a.seconds, rss: a.peakRss });
+  rows.push({ tool: 'xdelta3 -9 (cpio)', bytes: await size(x2), make: t.seconds, apply: a.seconds, cpu: a.cpuSeconds, rss: a.peakRss });
   const z2 = join(work, 'zstd-cpio');
   t = await timedProcess('zstd', ['-q', '-f', '-19', '--long=28', `--patch-from=${c1}`, c2, '-o', z2]);
   a = await timedProcess('zstd', ['-q', '-f', '-d', '--long=28', `--patch-from=${c1}`, z2, '-o', join(work, 'zs2-out')]);
-  rows.push({ tool: 'zstd -19 --patch-from (cpio)', bytes: await size(z2), make: t.seconds, apply: a.seconds, rss: a.peakRss });
+  rows.push({ tool: 'zstd -19 --patch-from (cpio)', bytes: await size(z2), make: t.seconds, apply: a.seconds, cpu: a.cpuSeconds, rss: a.peakRss });
   let bsdiffBytes;
   if (!args['skip-bsdiff'] && (await hasCommand('bsdiff'))) {
     const b = join(work, 'bsdiff-cpio');
@@ -215,13 +243,13 @@ try {
     t = await timedProcess('bsdiff', [c1, c2, b]);
     a = await timedProcess('bspatch', [c1, join(work, 'bs-out'), b]);
     bsdiffBytes = await size(b);
-    rows.push({ tool: 'bsdiff (cpio)', bytes: bsdiffBytes, make: t.seconds, apply: a.seconds, rss: a.peakRss, makeRss: t.peakRss });
+    rows.push({ tool: 'bsdiff (cpio)', bytes: bsdiffBytes, make: t.seconds, apply: a.seconds, cpu: a.cpuSeconds, rss: a.peakRss, makeRss: t.peakRss });
   }
 
   console.log('');
   console.log(
     formatTable(
-      ['delta', 'bytes', 'vs bsdiff', 'make', 'apply', 'vs xdelta3 apply', 'apply peak RSS'],
+      ['delta', 'bytes', 'vs bsdiff', 'make', 'apply', 'vs xdelta3 apply', 'apply CPU', 'apply peak RSS'],
       rows.map((r) => [
         r.tool,
         bytes(r.bytes),
@@ -229,6 +257,7 @@ try {
         seconds(r.make),
         Number.isNaN(r.apply) ? 'n/a' : seconds(r.apply),
         Number.isNaN(r.apply) ? 'n/a' : ratio(r.apply, xdeltaApply),
+        Number.isNaN(r.cpu) ? 'n/a' : seconds(r.cpu),
         Number.isNaN(r.rss) ? 'n/a' : bytes(r.rss),
       ]),
     ),
@@ -236,7 +265,8 @@ try {
   const ours = rows[0];
   console.log(`\ngoals: bytes <= 2x bsdiff: ${bsdiffBytes ? (ours.bytes <= 2 * bsdiffBytes ? 'met' : 'MISSED') : 'not measured'}` +
     `; apply peak RSS <= 96 MiB: ${ours.rss <= 96 * 1048576 ? 'met' : 'MISSED'}` +
-    `; apply no slower than xdelta3 on the payload: ${ours.apply <= xdeltaApply ? 'met' : 'MISSED'}`);
+    `; apply no slower than xdelta3 on the payload (median wall-clock): ${ours.apply <= xdeltaApply ? 'met' : 'MISSED'}` +
+    ` (CPU: ${ratio(ourCpu, xdeltaCpu)})`);
   if (rows.at(-1).makeRss) console.log(`bsdiff on the cpio peaked at ${bytes(rows.at(-1).makeRss)} while making the patch`);
   console.log(`\nbenchmark took ${seconds((performance.now() - started) / 1000)} (load average at the end ${loadavg()[0].toFixed(1)})`);
 } finally {
