@@ -1,6 +1,6 @@
 /**
  * Device side: rebuilds the target root payload into the inactive slot from a delta (format.ts)
- * and the active slot. Pure node: modules, no native addons.
+ * and the active slot. Pure node: modules and the LZ4 codec's WebAssembly module, no native addons.
  *
  * Memory stays bounded whatever the payload size: the three streams are decoded as they are read,
  * the active slot is read by position a block at a time (a few decoded blocks are cached, in
