@@ -21,7 +21,7 @@ import { EdgekitError } from '../../util/errors.js';
 import { sha256OfFile } from '../../util/hash.js';
 import { bsdiff, type DiffOp } from './bsdiff-tool.js';
 import { ByteWriter, FORMAT, MAGIC, Op, type DeltaHeader, type DeltaSource } from './format.js';
-import { DATA_RAW, readSquashfs, SquashContent, storedLength, type SquashFile, type SquashImage, type StoredBlock } from './squashfs-reader.js';
+import { DATA_RAW, readSquashfs, SquashContent, storedLength, type SquashFile, type StoredBlock } from './squashfs-reader.js';
 import { VerityHasher } from './verity-stream.js';
 
 export interface MakeDeltaOptions {
