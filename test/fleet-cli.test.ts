@@ -197,4 +197,17 @@ describe.each(FLEET_BACKENDS)('edgekit fleet (%s)', (backend) => {
     const open = await json(['rollouts', 'create', '--version', '2.0', '--channel', 'beta', '--window', `${day} ${hh(now - 1)}-${hh(now + 2)}`]);
     expect((await beta.checkIn()).release).toEqual({ version: '2.0', channel: 'beta', rolloutId: open.id });
   });
+
+  it('takes a release off a channel only while no live rollout offers it', async () => {
+    const live = await fleet(['releases', 'remove', '2.0', '--channel', 'beta']);
+    expect(live.code).toBe(1);
+    expect(live.stderr).toMatch(/409 Conflict: rollout ro_\w+ \(running\) offers 2\.0 in channel beta: abort it first/);
+    const open = (await json(['rollouts', 'list'])).find((r: { channel: string; state: string }) => r.channel === 'beta' && r.state === 'running');
+    expect((await fleet(['rollouts', 'abort', open.id])).code).toBe(0);
+    expect((await fleet(['releases', 'remove', '2.0', '--channel', 'beta'], reader)).stderr).toMatch(/403/);
+    expect((await fleet(['releases', 'remove', '2.0', '--channel', 'beta'])).stdout).toBe('removed release 2.0 from channel beta\n');
+    expect(await json(['releases', 'list', '--channel', 'beta'], reader)).toEqual([]);
+    expect((await fleet(['releases', 'remove', '2.0', '--channel', 'beta'])).stderr).toMatch(/404 Not Found: no release 2\.0 in channel beta/);
+    expect((await json(['releases', 'list', '--channel', 'stable'], reader)).map((r: { version: string }) => r.version)).toEqual(['2.0']);
+  });
 });

@@ -259,6 +259,10 @@ describe.each(FLEET_BACKENDS)('publishing to a fleet server over HTTP (%s)', (ba
     });
     expect(await client.refresh()).toBeNull();
     expect(Object.keys(metadata(repo, '6.targets.json').signed.targets).filter((p) => p.includes('/1.2/'))).toEqual([]);
+    // Off the server's channel list too.
+    const listed = (await api(url, admin, 'GET', '/v1/admin/releases')).body.map((x: { version: string }) => x.version);
+    expect(listed).toContain('1.1');
+    expect(listed).not.toContain('1.2');
   });
 
   it('re-signing and publishing take turns: one job at a time in a server, and across servers through the store lease', async () => {

@@ -184,6 +184,12 @@ function registerReleases(fleet: Command): void {
       const r = await clientFrom(o).addRelease({ version, channel: o.channel, ...(o.board ? { board: o.board } : {}) });
       out(o, r, () => `added release ${r.version} to channel ${r.channel}${r.board ? ` (board ${r.board})` : ''}`);
     });
+  leaf(releases, 'remove <version>', 'take a release off a channel\'s list (refused while a running or paused rollout offers it)')
+    .option('--channel <channel>', 'the channel', 'stable')
+    .action(async (version: string, o: Conn & { channel: string }) => {
+      const r = await clientFrom(o).removeRelease(version, o.channel);
+      out(o, r, () => `removed release ${version} from channel ${o.channel}`);
+    });
 }
 
 interface CreateOpts extends Conn {

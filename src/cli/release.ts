@@ -5,7 +5,7 @@ import type { RemoteRelease } from '../fleet/remote-publish.js';
 import { EdgekitError } from '../util/errors.js';
 import { printJson } from './output.js';
 import { nowOption, registerRepo } from './repo.js';
-import type { FleetAdminClient } from '../fleet/admin-client.js';
+import { FleetAdminError, type FleetAdminClient } from '../fleet/admin-client.js';
 
 interface ReleaseOpts {
   repo?: string;
@@ -133,6 +133,13 @@ Examples:
         const { withdrawRemote } = await import('../fleet/remote-publish.js');
         const r = await withdrawRemote({ ...common, client });
         gone = r.withdrawn;
+        // Off the server's channel lists too (a release never added there is fine).
+        for (const g of gone) {
+          await client.removeRelease(g.custom.version, g.custom.channel).catch((err: Error) => {
+            if (err instanceof FleetAdminError && err.status === 404) return;
+            throw new EdgekitError(`withdrew ${g.custom.version} from the repository, but ${o.fleet} kept it in channel ${g.custom.channel}: ${err.message}`);
+          });
+        }
         if (o.json) return printJson({ withdrawn: gone, server: r.server });
       } else {
         gone = await withdrawRelease({ ...common, repo: o.repo! });

@@ -105,6 +105,11 @@ export class FleetAdminClient {
     return this.call('POST', '/v1/admin/releases', r);
   }
 
+  /** Takes a release off a channel's list (refused while a live rollout offers it). */
+  removeRelease(version: string, channel: string): Promise<{ removed: { channel: string; version: string } }> {
+    return this.call('DELETE', `/v1/admin/releases/${enc(channel)}/${enc(version)}`);
+  }
+
   listRollouts(): Promise<RolloutStatus[]> {
     return this.call('GET', '/v1/admin/rollouts');
   }

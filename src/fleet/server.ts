@@ -376,6 +376,10 @@ function buildRoutes(service: FleetService, metrics: Metrics, o: { repo?: string
     await service.audit(a, 'release.create', `${b.channel}/${b.version}`, { board: row.board });
     return row;
   }));
+  add('DELETE', '/v1/admin/releases/:channel/:version', admin('operator', async (c, a) => {
+    await service.removeRelease(a, c.params[0], c.params[1]);
+    return { removed: { channel: c.params[0], version: c.params[1] } };
+  }));
   add('GET', '/v1/admin/rollouts', admin('read', async () => service.listRollouts()));
   add('POST', '/v1/admin/rollouts', admin('operator', async (c, a) => service.createRollout(a, await parsed(c, S.rolloutBody))));
   add('GET', '/v1/admin/rollouts/:id', admin('read', async (c) => service.rolloutStatus(c.params[0])));

@@ -311,6 +311,18 @@ export class FleetService {
     return this.rolloutStatus(id);
   }
 
+  /**
+   * Takes a release off a channel's list (after it was withdrawn from the repository, or added by
+   * mistake). Refused while a running or paused rollout offers it: abort that first.
+   */
+  async removeRelease(actor: Actor, channel: string, version: string): Promise<void> {
+    if (!(await this.store.getRelease(channel, version))) throw new FleetError(404, `no release ${version} in channel ${channel}`);
+    const live = (await this.store.listRollouts({ channel, states: ['running', 'paused'] })).find((r) => r.version === version);
+    if (live) throw new FleetError(409, `rollout ${live.id} (${live.state}) offers ${version} in channel ${channel}: abort it first`);
+    await this.store.deleteRelease(channel, version);
+    await this.audit(actor, 'release.remove', `${channel}/${version}`, null);
+  }
+
   // ---- admin ----
 
   async audit(actor: Actor | string | null, action: string, target: string, detail: unknown): Promise<void> {

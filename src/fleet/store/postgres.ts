@@ -252,6 +252,10 @@ class PostgresStore implements FleetStore {
       [r.channel, r.version, r.board, r.createdAt])).rowCount ?? 0) > 0;
   }
 
+  async deleteRelease(channel: string, version: string): Promise<boolean> {
+    return ((await this.q(`DELETE FROM releases WHERE channel = $1 AND version = $2`, [channel, version])).rowCount ?? 0) > 0;
+  }
+
   async insertRollout(r: RolloutRow): Promise<void> {
     await this.q(`INSERT INTO rollouts (id, version, channel, filter, stages, max_failure_ratio, min_success_ratio, windows, state, stage, stage_started_at, reason, created_at)
       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,

@@ -237,6 +237,10 @@ class SqliteStore implements FleetStore {
       .run(r.channel, r.version, r.board, r.createdAt).changes > 0;
   }
 
+  async deleteRelease(channel: string, version: string): Promise<boolean> {
+    return this.q(`DELETE FROM releases WHERE channel = ? AND version = ?`).run(channel, version).changes > 0;
+  }
+
   async insertRollout(r: RolloutRow): Promise<void> {
     this.rolloutsChanged();
     this.q(`INSERT INTO rollouts (id, version, channel, filter, stages, max_failure_ratio, min_success_ratio, windows, state, stage, stage_started_at, reason, created_at)

@@ -209,6 +209,8 @@ export interface FleetStore {
   listReleases(channel?: string): Promise<ReleaseRow[]>;
   getRelease(channel: string, version: string): Promise<ReleaseRow | null>;
   insertRelease(r: ReleaseRow): Promise<boolean>;
+  /** False when the channel has no such release. */
+  deleteRelease(channel: string, version: string): Promise<boolean>;
 
   insertRollout(r: RolloutRow): Promise<void>;
   getRollout(id: string): Promise<RolloutRow | null>;
