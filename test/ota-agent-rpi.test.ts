@@ -15,6 +15,7 @@ import { fwConfig, fwPrintenv } from './helpers/uboot-env-tools.js';
 import { PowerCut } from '../src/ota/sim/sim-disk.js';
 import { cuttingSteps, type UpdateStepName } from '../src/ota/sim/step-driver.js';
 import { ubootChain } from '../src/ota/sim/boot-chains.js';
+import type { UbootAttempt } from '../src/ota/sim/uboot-model.js';
 
 let f: AgentSimFixture;
 
@@ -59,6 +60,26 @@ describe('update agent on a simulated Raspberry Pi 4 (U-Boot boot counter)', () 
       await serviceReboot(s);
     }
     expect(await agentPass(s)).toBe('idle');
+    await s.dev.close();
+  }, 600_000);
+
+  it('a committed slot keeps its tries: each agent pass gives back the one its boot spent, so U-Boot never starts the counters over', async () => {
+    const s = await device();
+    expect(await agentPass(s)).toBe('reboot');
+    await serviceReboot(s);
+    expect(await agentPass(s)).toBe('committed');
+    const first = s.dev.bootLog.length;
+    for (let i = 0; i < 8; i++) {
+      await serviceReboot(s);
+      expect(bootedVersion(s)).toEqual({ slot: 'b', version: '1.1' });
+      expect(cardEnv(s)).toMatchObject({ BOOT_ORDER: 'B', BOOT_B_LEFT: '2' });
+      expect(await agentPass(s)).toBe('idle');
+      expect(cardEnv(s)).toMatchObject({ BOOT_ORDER: 'B', BOOT_A_LEFT: '0', BOOT_B_LEFT: '3' });
+    }
+    // One power-on per boot: no start-over and its extra reset.
+    expect(s.dev.bootLog.length - first).toBe(8);
+    expect(s.dev.bootLog.slice(first).flatMap((a) => (a as UbootAttempt).console).join('\n')).not.toMatch(/no slot has tries left/);
+    expectFsckClean(bootFile(s));
     await s.dev.close();
   }, 600_000);
 

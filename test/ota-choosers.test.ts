@@ -147,6 +147,31 @@ describe('U-Boot bootchooser', () => {
     ]);
   });
 
+  it('gives the committed running slot back the tries U-Boot spent booting it; a trial, another slot or full counters write nothing', async () => {
+    // B committed (the test above); boot.scr then spent two of its tries on two boots.
+    const spent = { ...(await envNow()), BOOT_ORDER: 'B', BOOT_B_LEFT: '1' };
+    await d.vol.writeFile('uboot.env', buildUbootEnv(spent, { size: ENV_SIZE }));
+    d.run('a');
+    await d.chooser.renewGood!('a');
+    expect(await envNow()).toEqual(spent);
+    d.run('b');
+    await d.chooser.renewGood!('b');
+    const expected = { ...spent, BOOT_B_LEFT: '3' };
+    const block = await d.file('uboot.env');
+    expect(fwPrintenvOf(d.dir, block)).toEqual(expected);
+    expect(block.equals(mkenvimage(d.dir, expected, ENV_SIZE))).toBe(true);
+    // Full already: the file is not written again (same clusters).
+    const before = await d.vol.stat('uboot.env');
+    await d.chooser.renewGood!('b');
+    expect(await d.vol.stat('uboot.env')).toEqual(before);
+    // On trial (B first, A behind it): the trial's counter is the boot chain's to spend.
+    const trial = { ...expected, BOOT_ORDER: 'B A', BOOT_A_LEFT: '3', BOOT_B_LEFT: '2' };
+    await d.vol.writeFile('uboot.env', buildUbootEnv(trial, { size: ENV_SIZE }));
+    await d.chooser.renewGood!('b');
+    expect(await envNow()).toEqual(trial);
+    await d.vol.writeFile('uboot.env', buildUbootEnv(expected, { size: ENV_SIZE }));
+  });
+
   it('an environment U-Boot cannot read (torn, bad CRC) counts as U-Boot\'s defaults, and the next write is a whole, valid one', async () => {
     const torn = await d.file('uboot.env');
     torn.fill(0x5a, 100, 600);

@@ -88,6 +88,9 @@ export async function runAgentOnce(ctx: AgentContext): Promise<AgentOutcome> {
       return commit(state);
     }
     if (state.attempt && state.attempt.slot === active && state.attempt.version === config.version) return commit(state);
+    // U-Boot spends a try on every boot, the committed slot's too: give them back, or the counter
+    // starts over (with an extra reset) every tries+1 boots. No-op for the other boot chains.
+    if (host.chooser.renewGood) await host.chooser.renewGood(active);
 
     // 2. The slot last tried did not stay: the boot chain fell back to this one.
     if (state.attempt && state.attempt.slot === other && state.attempt.phase === 'tried') {

@@ -52,6 +52,12 @@ export interface Bootchooser {
   tryOnce(slot: Slot, files: SlotBootFiles): Promise<void>;
   /** Blesses the running slot after a healthy boot: it stays the slot that boots. */
   markGood(slot: Slot): Promise<void>;
+  /**
+   * For boot chains that spend a try on every boot, committed slot too (U-Boot's boot.scr): gives
+   * the running committed slot its tries back. Called on every agent pass; writes nothing when
+   * there is nothing to give back, or when the slot is not committed (a trial, a fallback).
+   */
+  renewGood?(slot: Slot): Promise<void>;
   state(): Promise<SlotState[]>;
   /**
    * Called right before a reboot the agent asks for. Returns what `reboot` must pass to the kernel

@@ -10,8 +10,9 @@
  * BOOT_ variables: the script then starts over from those defaults.
  *
  * How the adapter uses that:
- * - committed: the slot is alone in BOOT_ORDER. Its counter still runs down a try per boot and
- *   starts over when it reaches 0 (one extra reset), but there is no other slot to fall to;
+ * - committed: the slot is alone in BOOT_ORDER. Its counter still runs down a try per boot; the
+ *   agent gives the tries back on every pass (renewGood), else it would start over when it
+ *   reaches 0 (one extra reset). There is no other slot to fall to either way;
  * - on trial: BOOT_ORDER "<new> <old>", both counters full. After `tries` boots that never got
  *   marked good, the old slot boots again by itself;
  * - marking good puts the slot alone in BOOT_ORDER; invalidating takes a slot out of it.
@@ -182,6 +183,14 @@ export function ubootChooser(boot: FatVolume, opts: UbootChooserOptions): Bootch
       if ((await activeSlot()) !== slot) throw new EdgekitError(`uboot bootchooser: cannot mark slot ${slot} good: slot ${otherSlot(slot)} is running`);
       const cur = await read();
       await save(cur, [slot], { [slot]: opts.tries, [otherSlot(slot)]: 0 } as Record<Slot, number>);
+    },
+    async renewGood(slot) {
+      if ((await activeSlot()) !== slot) return;
+      const cur = await read();
+      if (!cur.readable) return;
+      const v = abView(cur.vars, opts.tries);
+      if (v.order.length !== 1 || v.order[0] !== slot || v.left[slot] >= opts.tries) return;
+      await save(cur, [slot], { ...v.left, [slot]: opts.tries });
     },
     async state() {
       return ubootSlotStates(abView((await read()).vars, opts.tries));
