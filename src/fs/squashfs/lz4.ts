@@ -57,25 +57,37 @@ function writeLength(dst: Uint8Array, op: number, len: number): number {
 }
 
 /**
+ * Both encoders' block checks and hash-table generations. Positions are stored as (generation base
+ * + position), so the table never needs clearing between blocks: anything below the current base
+ * belongs to an earlier block. Returns, per block, the first value that counts (`clear` empties
+ * the table when the bases would overflow an int32).
+ */
+function blockGenerations(clear: () => void): (n: number, dstLength: number) => number {
+  let base = 0;
+  return (n, dstLength) => {
+    if (n > 1 << 20) throw new RangeError(`lz4: block of ${n} bytes is over 1 MiB`);
+    if (dstLength < lz4Bound(n)) throw new RangeError('lz4: output buffer too small');
+    if (base > 0x7fffffff - 2 * (1 << 20)) {
+      clear();
+      base = 0;
+    }
+    const first = base + 1;
+    base += n + 1;
+    return first;
+  };
+}
+
+/**
  * The encoder in JavaScript: the reference the WebAssembly one (lz4.wat) is checked
  * against, byte for byte. Makes an encoder with its own hash table (not re-entrant).
  */
 export function lz4EncoderJs(): Lz4Compress {
-  // Positions are stored as (generation base + position) so the table never needs clearing:
-  // anything below the current base belongs to an earlier block.
   const table = new Int32Array(1 << HASH_LOG);
-  let base = 0;
+  const nextBlock = blockGenerations(() => table.fill(0));
 
   return (src, dst) => {
     const n = src.length;
-    if (n > 1 << 20) throw new RangeError(`lz4: block of ${n} bytes is over 1 MiB`);
-    if (dst.length < lz4Bound(n)) throw new RangeError('lz4: output buffer too small');
-    if (base > 0x7fffffff - 2 * (1 << 20)) {
-      table.fill(0);
-      base = 0;
-    }
-    const b = base + 1; // table entries below b are stale
-    base += n + 1;
+    const b = nextBlock(n, dst.length);
     // Four bytes in one (unaligned, little-endian) load: V8 compiles DataView reads to a single
     // instruction, where four byte loads and shifts cost four bounds checks.
     const words = new DataView(src.buffer, src.byteOffset, n);
@@ -179,17 +191,10 @@ function lz4Wasm(wasm: Wasm): { exports: Lz4Wasm; mem: Uint8Array } {
 export function lz4Encoder(): Lz4Compress {
   if (!wasm) return lz4EncoderJs();
   const { exports, mem } = lz4Wasm(wasm);
-  let base = 0;
+  const nextBlock = blockGenerations(() => mem.fill(0, 0, WASM_TABLE_BYTES));
   return (src, dst) => {
     const n = src.length;
-    if (n > 1 << 20) throw new RangeError(`lz4: block of ${n} bytes is over 1 MiB`);
-    if (dst.length < lz4Bound(n)) throw new RangeError('lz4: output buffer too small');
-    if (base > 0x7fffffff - 2 * (1 << 20)) {
-      mem.fill(0, 0, WASM_TABLE_BYTES);
-      base = 0;
-    }
-    const b = base + 1; // table entries below b are stale
-    base += n + 1;
+    const b = nextBlock(n, dst.length);
     mem.set(src, WASM_RAW);
     const len = exports.compress(n, b);
     dst.set(mem.subarray(WASM_PACKED, WASM_PACKED + len));
