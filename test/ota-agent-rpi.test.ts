@@ -47,6 +47,10 @@ describe('update agent on a simulated Raspberry Pi 4 (U-Boot boot counter)', () 
     await serviceReboot(s);
     expect(bootedVersion(s)).toEqual({ slot: 'b', version: '1.1' });
     expect(s.dev.booted!.cmdline).toMatch(/\sedgekit\.slot=B$/);
+    // The release's device tree went into slot B's folder, where boot.scr loads ${fdtfile} from.
+    const dtb = 'broadcom/bcm2711-rpi-4-b.dtb';
+    expect((s.dev.bootLog[s.dev.bootLog.length - 1] as UbootAttempt).console.join('\n')).not.toMatch(/File not found/);
+    expect(mtoolsRead(bootFile(s), `slot-b/${dtb}`).equals(mtoolsRead(bootFile(s), `slot-a/${dtb}`))).toBe(true);
     expect(await agentPass(s)).toBe('committed');
     expect(states(s)).toEqual(['downloading 1.1', 'installing 1.1', 'rebooting 1.1', 'committed 1.1']);
     expect(cardEnv(s)).toMatchObject({ BOOT_ORDER: 'B', BOOT_A_LEFT: '0', BOOT_B_LEFT: '3' });

@@ -306,6 +306,40 @@ function bootPartitionFile(dev: SimDevice, layout: SimLayout): string {
   return out;
 }
 
+describe('the device trees a release carries go into the slot folder with its kernel', () => {
+  it('tryboot: the release\'s tree replaces the running slot\'s copy; trees the release lacks are still copied', async () => {
+    const t = await rpiDisk('tryboot');
+    try {
+      const tree = Buffer.from('the release\'s tree');
+      await t.chooser.tryOnce('b', { ...v2.boot, devicetrees: { 'bcm2711-rpi-4-b.dtb': tree } });
+      const files = await t.files();
+      expect(files.get('slot-b/bcm2711-rpi-4-b.dtb')!.equals(tree)).toBe(true);
+      const running = [...files.keys()].filter((p) => p.startsWith('slot-a/') && p.endsWith('.dtb'));
+      expect(running.length).toBeGreaterThan(0);
+      for (const p of running) expect(files.has(p.replace('slot-a/', 'slot-b/')), p).toBe(true);
+      expectFsckClean(t.bootImage());
+    } finally {
+      await t.dev.close();
+    }
+  });
+
+  it('U-Boot: trees go in by their path inside the folder, and the ones an older release left there go', async () => {
+    const u = await rpiDisk('uboot');
+    try {
+      await u.vol.mkdir('slot-b/broadcom');
+      await u.vol.writeFile('slot-b/broadcom/old-board.dtb', Buffer.from('an older release\'s tree'));
+      const tree = Buffer.from('the release\'s tree');
+      await u.chooser.tryOnce('b', { ...v2.boot, devicetrees: { 'broadcom/bcm2711-rpi-4-b.dtb': tree } });
+      const files = await u.files();
+      expect(files.get('slot-b/broadcom/bcm2711-rpi-4-b.dtb')!.equals(tree)).toBe(true);
+      expect(files.has('slot-b/broadcom/old-board.dtb')).toBe(false);
+      expectFsckClean(u.bootImage());
+    } finally {
+      await u.dev.close();
+    }
+  });
+});
+
 describe('tryboot bootchooser', () => {
   let d: Awaited<ReturnType<typeof rpiDisk>>;
   beforeAll(async () => {

@@ -4,9 +4,9 @@
  * each cohort fetches. Sizes come from the release repository's targets metadata (the signed
  * lengths devices check downloads against), so the figure is what the fleet will really pull.
  *
- * A device downloads what the update agent fetches (src/ota/agent/agent.ts): the kernel and the
- * initramfs, and the root payload, or instead of it the delta from the version it runs when the
- * release has one.
+ * A device downloads what the update agent fetches (src/ota/agent/agent.ts): the kernel, the
+ * initramfs and the slot's device trees, and the root payload, or instead of it the delta from the
+ * version it runs when the release has one.
  */
 import type { TargetFile } from '@tufjs/models';
 import { readState } from '../ota/repo/metadata-files.js';
@@ -118,12 +118,14 @@ function downloadFor(release: ReleaseCustom, all: Record<string, TargetFile>, fr
   const file = (path: string | undefined) => (path && all[path] ? { path, length: all[path].length } : null);
   const kernel = file(release.slot.kernel);
   const initrd = file(release.slot.initrd);
-  if (!kernel || !initrd) return { problem: `release ${release.version} for ${release.board}: its boot files are missing from targets metadata` };
+  const dtbs = Object.values(release.slot.devicetrees ?? {}).map(file);
+  if (!kernel || !initrd || dtbs.includes(null)) return { problem: `release ${release.version} for ${release.board}: its boot files are missing from targets metadata` };
+  const boot = [kernel, initrd, ...(dtbs as Array<{ path: string; length: number }>)];
   const delta = fromVersion === null ? undefined : release.deltas.find((d) => d.fromVersion === fromVersion);
-  if (delta) return { method: 'delta', files: [kernel, initrd, { path: delta.target, length: delta.length }] };
+  if (delta) return { method: 'delta', files: [...boot, { path: delta.target, length: delta.length }] };
   const root = file(release.slot.rootPayload);
   if (release.slot.rootPayload && !root) return { problem: `release ${release.version} for ${release.board}: its root payload is missing from targets metadata` };
-  return { method: 'full', files: root ? [kernel, initrd, root] : [kernel, initrd] };
+  return { method: 'full', files: root ? [...boot, root] : boot };
 }
 
 const cmp = (a: string | null, b: string | null) => (a === b ? 0 : a === null ? -1 : b === null ? 1 : a < b ? -1 : 1);

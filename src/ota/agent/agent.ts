@@ -158,7 +158,7 @@ async function install(
   if (!payload) throw new EdgekitError(`release ${info.version} has no root payload: this agent updates images with the root on disk`);
   const expected = { sha256: payload.sha256, size: payload.length, verity: info.release.verity };
   const bootDir = join(config.stateDir, 'download');
-  const bootFiles: Record<'kernel' | 'initrd', TargetInfo> = { kernel: info.kernel, initrd: info.initrd };
+  const bootFiles: TargetInfo[] = [info.kernel, info.initrd, ...Object.values(info.devicetrees)];
   const fileFor = (t: TargetInfo) => join(bootDir, `${t.sha256}.${t.path.slice(t.path.lastIndexOf('/') + 1)}`);
 
   // Continue the attempt on record only if it is this very payload for the same slot.
@@ -175,7 +175,7 @@ async function install(
     else payloadBytes = payload.length - (attempt?.flushed ?? 0);
   }
   let cost = payloadBytes;
-  for (const t of Object.values(bootFiles)) cost += t.length - (await bytesPresent(t, fileFor(t)));
+  for (const t of bootFiles) cost += t.length - (await bytesPresent(t, fileFor(t)));
 
   const spent = attempt?.downloaded ?? 0;
   if (config.dataBudget !== undefined && spent + cost > config.dataBudget) {
@@ -249,13 +249,15 @@ async function install(
     }
 
     await say('installing', { version: info.version });
-    for (const t of Object.values(bootFiles)) await downloadToFile(t, fileFor(t), transfer);
+    for (const t of bootFiles) await downloadToFile(t, fileFor(t), transfer);
     // The boot files are held in memory while they go onto the boot partition: first let go of
     // what the download and the slot check left behind (the process must stay under 96 MiB).
     collectGarbage();
     const kernel = await readFile(fileFor(info.kernel));
     const initrd = await readFile(fileFor(info.initrd));
-    await steps.step('try-once', () => host.chooser.tryOnce(other, { kernel, initrd, cmdline: info.release.slot.cmdline, title: `${config.name} ${info.version}` }));
+    const devicetrees: Record<string, Buffer> = {};
+    for (const [rel, t] of Object.entries(info.devicetrees)) devicetrees[rel] = await readFile(fileFor(t));
+    await steps.step('try-once', () => host.chooser.tryOnce(other, { kernel, initrd, devicetrees, cmdline: info.release.slot.cmdline, title: `${config.name} ${info.version}` }));
   } catch (err) {
     // Keep the download progress (and the budget count) for the next run.
     await store.save(state).catch(() => {});

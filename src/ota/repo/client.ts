@@ -64,6 +64,8 @@ export interface UpdateInfo {
   kernel: TargetInfo;
   initrd: TargetInfo;
   devicetree?: TargetInfo;
+  /** The device trees for the slot's folder, by their path inside it (empty: the release has none). */
+  devicetrees: Record<string, TargetInfo>;
   rootPayload?: TargetInfo;
   manifest: TargetInfo;
   deltas: (TargetInfo & { fromVersion: string; fromSha256: string })[];
@@ -147,6 +149,7 @@ export function createMetadataClient(o: MetadataClientOptions): MetadataClient {
       kernel: info(r.slot.kernel)!,
       initrd: info(r.slot.initrd)!,
       devicetree: info(r.slot.devicetree),
+      devicetrees: Object.fromEntries(Object.entries(r.slot.devicetrees ?? {}).map(([rel, p]) => [rel, info(p)!])),
       rootPayload: info(r.slot.rootPayload),
       manifest: info(release.path)!,
       deltas: (r.deltas ?? []).map((d) => ({ ...info(d.target)!, fromVersion: d.fromVersion, fromSha256: d.fromSha256 })),

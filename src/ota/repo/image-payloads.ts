@@ -1,11 +1,11 @@
 /**
  * Takes a built image apart into the files a slot update needs: the slot's boot files (kernel,
- * initrd, device tree) from the boot FAT, and the root payload (squashfs + dm-verity tree) as the
+ * initrd, device tree, and the device trees in the slot's folder) from the boot FAT, and the root payload (squashfs + dm-verity tree) as the
  * exact byte range the manifest hashed. Everything is checked against the embedded manifest.
  */
 import { createReadStream, createWriteStream } from 'node:fs';
-import { open, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, open, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { FatReader } from '../../fs/fat-reader.js';
 import { readEmbeddedManifest, type ImageManifest, type SignedManifest } from '../../image/manifest.js';
@@ -15,9 +15,11 @@ import type { FileCustom } from './release-info.js';
 
 export interface ExtractedFile {
   kind: FileCustom['kind'];
-  /** File name inside the release folder ('vmlinuz', 'system-a.squashfs'). */
+  /** File name inside the release folder ('vmlinuz', 'system-a.squashfs', 'broadcom/x.dtb'). */
   name: string;
   path: string;
+  /** A device tree from the slot's folder: its path inside that folder. */
+  inSlot?: string;
 }
 
 export interface ExtractedRelease {
@@ -54,6 +56,19 @@ export async function extractRelease(image: string, stagingDir: string): Promise
       const out = join(stagingDir, name);
       await writeFile(out, await fat.readFile(fatPath));
       files.push({ kind, name, path: out });
+    }
+    // The device trees in the slot's folder (a Raspberry Pi slot: the ones boot.scr or the
+    // firmware's os_prefix load), kept by their path inside it.
+    const slotFolder = slot.kernel.includes('/') ? `${slot.kernel.slice(0, slot.kernel.lastIndexOf('/'))}/` : undefined;
+    if (slotFolder) {
+      for (const e of await fat.list()) {
+        if (e.isDir || !e.path.startsWith(slotFolder) || !/\.dtb$/i.test(e.path) || e.path === slot.devicetree) continue;
+        const rel = e.path.slice(slotFolder.length);
+        const out = join(stagingDir, 'slot-dtbs', rel);
+        await mkdir(dirname(out), { recursive: true });
+        await writeFile(out, await fat.readFile(e.path));
+        files.push({ kind: 'devicetree', name: rel, path: out, inSlot: rel });
+      }
     }
   } finally {
     await fat.close();

@@ -75,10 +75,12 @@ export async function publishRelease(o: PublishOptions): Promise<Release> {
     const dir = releaseDir(m.name, m.board, o.version);
     const targets = { ...state.targets.signed.targets };
     const paths: Partial<Record<FileCustom['kind'], string>> = {};
+    const devicetrees: Record<string, string> = {};
     for (const f of x.files) {
       const t = await addFile(o.repo, `${dir}/${f.name}`, f.path, { kind: f.kind, name: m.name, board: m.board, version: o.version });
       targets[t.path] = t;
-      paths[f.kind] = t.path;
+      if (f.inSlot) devicetrees[f.inSlot] = t.path;
+      else paths[f.kind] = t.path;
     }
     const deltas: DeltaRef[] = [];
     for (const d of [...(o.deltas ?? []), ...made]) {
@@ -100,6 +102,7 @@ export async function publishRelease(o: PublishOptions): Promise<Release> {
         kernel: paths.kernel!,
         initrd: paths.initrd!,
         ...(paths.devicetree ? { devicetree: paths.devicetree } : {}),
+        ...(Object.keys(devicetrees).length ? { devicetrees } : {}),
         cmdline: slotA.cmdline,
         root: slotA.root,
         ...(paths.root ? { rootPayload: paths.root } : {}),
@@ -191,7 +194,11 @@ export async function republishRelease(o: RepublishOptions): Promise<Release> {
     version: o.version,
     channel,
     republishedFrom: oc.version,
-    slot: { ...s, kernel: moved(s.kernel)!, initrd: moved(s.initrd)!, ...(s.devicetree ? { devicetree: moved(s.devicetree) } : {}), ...(s.rootPayload ? { rootPayload: moved(s.rootPayload) } : {}) },
+    slot: {
+      ...s, kernel: moved(s.kernel)!, initrd: moved(s.initrd)!, ...(s.devicetree ? { devicetree: moved(s.devicetree) } : {}),
+      ...(s.devicetrees ? { devicetrees: Object.fromEntries(Object.entries(s.devicetrees).map(([rel, p]) => [rel, moved(p)!])) } : {}),
+      ...(s.rootPayload ? { rootPayload: moved(s.rootPayload) } : {}),
+    },
     // Deltas were made against the versions before the old release; devices now run newer ones.
     deltas: [],
   };

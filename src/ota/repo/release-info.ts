@@ -12,6 +12,12 @@ export interface SlotFiles {
   kernel: string;
   initrd: string;
   devicetree?: string;
+  /**
+   * Device trees the boot chain loads from the slot's folder (U-Boot's boot.scr, the Pi firmware's
+   * os_prefix), by their path inside it ('broadcom/bcm2711-rpi-4-b.dtb') -> target path. They
+   * come with the slot's kernel, so an update that changes the kernel brings its device trees.
+   */
+  devicetrees?: Record<string, string>;
   /** The kernel command line as built for slot a: the slot writer swaps edgekit.slot=a. */
   cmdline: string;
   root: 'ram' | 'disk';

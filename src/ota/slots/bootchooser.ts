@@ -16,6 +16,8 @@ export function otherSlot(slot: Slot): Slot {
 export interface SlotBootFiles {
   kernel: Buffer;
   initrd?: Buffer;
+  /** Device trees for the slot's folder, by their path inside it (boot chains that load them from there). */
+  devicetrees?: Record<string, Buffer>;
   /** The command line; edgekit.slot= is set to the slot being written whatever it says. */
   cmdline: string;
   title?: string;

@@ -17,6 +17,7 @@
 import { configOsPrefix, slotDir, withOsPrefix } from '../../boot/rpi.js';
 import type { FatVolume } from '../../fs/fat-edit.js';
 import { EdgekitError } from '../../util/errors.js';
+import { writeSlotDevicetrees } from './slot-devicetrees.js';
 import {
   checkTries,
   cmdlineForSlot,
@@ -102,8 +103,9 @@ export function trybootChooser(boot: FatVolume, opts: TrybootChooserOptions): Bo
       await boot.writeFile(`${dir}/vmlinuz`, files.kernel);
       if (files.initrd) await boot.writeFile(`${dir}/initrd.img`, files.initrd);
       await boot.writeFile(`${dir}/cmdline.txt`, Buffer.from(cmdlineForSlot(files.cmdline, slot) + '\n'));
-      // The firmware drops os_prefix unless the slot folder holds the board's device tree too. A
-      // release carries no device trees: the slot boots with the ones the running slot has.
+      // The firmware drops os_prefix unless the slot folder holds the board's device tree too: the
+      // release's, and (from a release without any) the ones the running slot has.
+      await writeSlotDevicetrees(boot, dir, files.devicetrees);
       const have = new Set((await boot.list(dir)).map((e) => e.name.toLowerCase()));
       for (const e of await boot.list(slotDir(active))) {
         if (!e.isDir && e.name.toLowerCase().endsWith('.dtb') && !have.has(e.name.toLowerCase())) {

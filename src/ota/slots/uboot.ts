@@ -26,6 +26,7 @@ import { counterVar } from '../../boot/uboot-script.js';
 import { RPI_UBOOT_ENV, rpiUbootBaseEnv, slotDir } from '../../boot/rpi.js';
 import type { FatVolume } from '../../fs/fat-edit.js';
 import { EdgekitError } from '../../util/errors.js';
+import { writeSlotDevicetrees } from './slot-devicetrees.js';
 import {
   checkTries,
   cmdlineWithoutSlot,
@@ -174,6 +175,8 @@ export function ubootChooser(boot: FatVolume, opts: UbootChooserOptions): Bootch
       if (files.initrd) await boot.writeFile(`${dir}/initrd.img`, files.initrd);
       // boot.scr appends edgekit.slot=<slot> itself.
       await boot.writeFile(`${dir}/cmdline.txt`, Buffer.from(cmdlineWithoutSlot(files.cmdline) + '\n'));
+      // The release's device trees, where boot.scr looks for the slot's own (${fdtfile} in the folder).
+      await writeSlotDevicetrees(boot, dir, files.devicetrees);
       // The switch: one environment write, after everything the slot boots from is flushed.
       const cur = await read();
       const active = otherSlot(slot);
