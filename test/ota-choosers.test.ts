@@ -334,6 +334,9 @@ describe('the device trees a release carries go into the slot folder with its ke
       expect(files.get('slot-b/broadcom/bcm2711-rpi-4-b.dtb')!.equals(tree)).toBe(true);
       expect(files.has('slot-b/broadcom/old-board.dtb')).toBe(false);
       expectFsckClean(u.bootImage());
+      // A path out of the slot folder is refused, and the slot is not switched to.
+      await expect(u.chooser.tryOnce('b', { ...v2.boot, devicetrees: { '../boot.scr.dtb': tree } })).rejects.toThrow(/release device tree "\.\.\/boot\.scr\.dtb": not a \.dtb path inside the slot folder/);
+      expect(await u.chooser.primarySlot()).toBe('a');
     } finally {
       await u.dev.close();
     }

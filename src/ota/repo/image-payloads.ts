@@ -1,7 +1,8 @@
 /**
  * Takes a built image apart into the files a slot update needs: the slot's boot files (kernel,
- * initrd, device tree, and the device trees in the slot's folder) from the boot FAT, and the root payload (squashfs + dm-verity tree) as the
- * exact byte range the manifest hashed. Everything is checked against the embedded manifest.
+ * initrd, device tree, and the device trees in the slot's folder) from the boot FAT, and the root
+ * payload (squashfs + dm-verity tree) as the exact byte range the manifest hashed. Everything is
+ * checked against the embedded manifest.
  */
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, open, writeFile } from 'node:fs/promises';
