@@ -248,11 +248,23 @@ function compressInto(raw: Buffer, into: Buffer): Buffer {
   return into.subarray(0, lz4Compress(raw, into));
 }
 
-function streamOf(path: string, start: number, length: number): AsyncIterator<Buffer> {
-  if (length === 0) return (async function* () {})();
+/** One brotli stream of the delta body, read as chunks; close() frees it whether or not it was used up. */
+function streamOf(path: string, start: number, length: number): { chunks: AsyncIterator<Buffer>; close: () => void } {
+  if (length === 0) return { chunks: (async function* () {})(), close: () => undefined };
+  const file = createReadStream(path, { start, end: start + length - 1 });
   const dec = createBrotliDecompress({ chunkSize: 1 << 16 });
-  pipeline(createReadStream(path, { start, end: start + length - 1 }), dec, () => undefined);
-  return dec[Symbol.asyncIterator]();
+  pipeline(file, dec, () => undefined);
+  // Errors reach the apply through the iterator. When one stream fails, the apply stops reading
+  // the others, whose decoders can still fail later (a damaged stream's end comes at the flush,
+  // after pipeline() let go of it): with no listener that would end the agent's process.
+  dec.on('error', () => undefined);
+  return {
+    chunks: dec[Symbol.asyncIterator](),
+    close: () => {
+      file.destroy();
+      dec.destroy();
+    },
+  };
 }
 
 async function readHeader(path: string): Promise<{ header: DeltaHeader; bodyStart: number; size: number }> {
@@ -374,9 +386,15 @@ const OP_BYTES = 64;
 
 async function run(path: string, bodyStart: number, header: DeltaHeader, old: OldFiles, out: SlotWriter): Promise<void> {
   const s = header.streams;
-  const ops = new ByteReader(streamOf(path, bodyStart, s.ops), 'ops stream');
-  const add = new ByteReader(streamOf(path, bodyStart + s.ops, s.add), 'add stream');
-  const lit = new ByteReader(streamOf(path, bodyStart + s.ops + s.add, s.literal), 'literal stream');
+  const streams = [streamOf(path, bodyStart, s.ops), streamOf(path, bodyStart + s.ops, s.add), streamOf(path, bodyStart + s.ops + s.add, s.literal)];
+  try {
+    await rebuild(header, old, out, new ByteReader(streams[0].chunks, 'ops stream'), new ByteReader(streams[1].chunks, 'add stream'), new ByteReader(streams[2].chunks, 'literal stream'));
+  } finally {
+    for (const st of streams) st.close();
+  }
+}
+
+async function rebuild(header: DeltaHeader, old: OldFiles, out: SlotWriter, ops: ByteReader, add: ByteReader, lit: ByteReader): Promise<void> {
   const ordered = new Ordered(out);
   let planned = 0; // target bytes queued so far
   const readEnd = new Float64Array(header.sources.length); // where the last piece read from each source ended
