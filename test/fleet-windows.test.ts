@@ -58,6 +58,49 @@ describe('maintenance window rules', () => {
   });
 });
 
+describe('maintenance windows in a time zone', () => {
+  const utc = (iso: string) => Date.parse(`${iso}Z`);
+
+  it('reads and writes the zone, and refuses a zone that is not an IANA name', () => {
+    expect(parseWindow('sat,sun 02:00-05:00 Europe/Berlin')).toEqual({ start: '02:00', end: '05:00', days: ['sun', 'sat'], timeZone: 'Europe/Berlin' });
+    expect(formatWindow(parseWindow('mon-fri 22:00-02:00 America/New_York'))).toBe('mon,tue,wed,thu,fri 22:00-02:00 America/New_York');
+    expect(parseWindow(formatWindow(parseWindow('01:00-02:00 Asia/Tokyo')))).toEqual(parseWindow('01:00-02:00 Asia/Tokyo'));
+    expect(() => parseWindow('01:00-02:00 Mars/Olympus')).toThrow(/time zone "Mars\/Olympus" is not an IANA zone name/);
+    expect(windowProblem({ start: '01:00', end: '02:00', days: [], timeZone: '+02:00' })).toMatch(/not an IANA zone name/);
+    expect(windowProblem({ start: '1:00', end: '02:00', days: [], timeZone: 'Europe/Berlin' })).toMatch(/not a Europe\/Berlin time/);
+  });
+
+  it('follows the zone\'s clock and weekday, summer and winter', () => {
+    const w = [parseWindow('mon 01:00-05:00 Europe/Berlin')];
+    // June, CEST (UTC+2): Monday 01:00-05:00 in Berlin is Sunday 23:00 to Monday 03:00 UTC.
+    expect(inWindow(w, utc('2024-06-02T23:30'))).toBe(true);
+    expect(inWindow(w, utc('2024-06-03T02:59'))).toBe(true);
+    expect(inWindow(w, utc('2024-06-03T03:00'))).toBe(false);
+    expect(inWindow(w, utc('2024-06-02T22:59'))).toBe(false);
+    // January, CET (UTC+1): Monday 00:00-04:00 UTC.
+    expect(inWindow(w, utc('2024-01-08T00:00'))).toBe(true);
+    expect(inWindow(w, utc('2024-01-08T03:30'))).toBe(true);
+    expect(inWindow(w, utc('2024-01-07T23:30'))).toBe(false);
+    // West of UTC, past midnight: fri 22:00-02:00 in New York (EDT, UTC-4) is Sat 02:00-06:00 UTC.
+    const ny = [parseWindow('fri 22:00-02:00 America/New_York')];
+    expect(inWindow(ny, utc('2024-06-08T05:30'))).toBe(true);
+    expect(inWindow(ny, utc('2024-06-08T06:00'))).toBe(false);
+    expect(inWindow(ny, utc('2024-06-07T23:00'))).toBe(false); // Friday 19:00 there
+  });
+
+  it('daylight saving time: the skipped hour never opens, the repeated hour is open twice', () => {
+    const w = [parseWindow('02:15-02:45 Europe/Berlin')];
+    // 2024-03-31: Berlin clocks go from 02:00 to 03:00 (at 01:00 UTC); the night before, 02:30 is 01:30 UTC.
+    expect(inWindow(w, utc('2024-03-30T01:30'))).toBe(true);
+    const berlinMarch31 = Array.from({ length: 24 * 12 }, (_, i) => utc('2024-03-30T23:00') + i * 5 * 60_000);
+    expect(berlinMarch31.filter((t) => inWindow(w, t)).map((t) => new Date(t).toISOString())).toEqual([]);
+    // 2024-10-27: 03:00 CEST becomes 02:00 CET (at 01:00 UTC): 02:30 comes at 00:30 and at 01:30 UTC.
+    expect(inWindow(w, utc('2024-10-27T00:30'))).toBe(true);
+    expect(inWindow(w, utc('2024-10-27T01:30'))).toBe(true);
+    expect(inWindow(w, utc('2024-10-27T01:00'))).toBe(false);
+  });
+});
+
 describe.each(FLEET_BACKENDS)('check-ins and maintenance windows (%s store)', (backend) => {
   const actor: Actor = { tokenId: 'tok_test', name: 'test', scope: 'admin' };
   let fixture: FleetDatabase;
@@ -127,6 +170,28 @@ describe.each(FLEET_BACKENDS)('check-ins and maintenance windows (%s store)', (b
     await store2.close();
   });
 
+  it('a window in a time zone opens on that zone\'s clock, and is stored with its zone', async () => {
+    let now = Date.parse('2024-06-03T03:30:00Z'); // Monday 05:30 in Berlin, 23:30 Sunday in New York
+    const db = await database('zoned_windows');
+    const store = await open(db);
+    const service = await FleetService.open(store, () => now);
+    const d = await device(service, 'zone-a', ['z']);
+    await store.insertRelease({ version: '2.0', channel: 'stable', board: null, createdAt: now });
+    const windows = [parseWindow('mon 01:00-02:00 America/New_York')];
+    const r = await service.createRollout(actor, {
+      version: '2.0', channel: 'stable', filter: { tags: ['z'] }, stages: [{ percent: 100, waitSeconds: 0 }], maxFailureRatio: 0.5, minSuccessRatio: 0.9, windows,
+    });
+    const check = () => service.checkIn(d, { board: 'qemu-x86_64', version: '1.0', slot: 'a' });
+    expect(await check()).toEqual({ release: null });
+    now = Date.parse('2024-06-03T05:30:00Z'); // Monday 01:30 in New York (EDT)
+    await store.close();
+    const store2 = await open(db);
+    const service2 = await FleetService.open(store2, () => now);
+    expect((await service2.rolloutStatus(r.id)).windows).toEqual([{ start: '01:00', end: '02:00', days: ['mon'], timeZone: 'America/New_York' }]);
+    expect((await service2.checkIn(d, { board: 'qemu-x86_64', version: '1.0', slot: 'a' })).release).toMatchObject({ version: '2.0' });
+    await store2.close();
+  });
+
   it('refuses a malformed window with the reason', async () => {
     const store = await open(await database('bad_window'));
     const service = await FleetService.open(store);
@@ -135,6 +200,11 @@ describe.each(FLEET_BACKENDS)('check-ins and maintenance windows (%s store)', (b
       version: '2.0', channel: 'stable', stages: [{ percent: 100, waitSeconds: 0 }], maxFailureRatio: 0.1, minSuccessRatio: 0.9,
       windows: [{ start: '9:00', end: '10:00', days: [] }],
     })).rejects.toMatchObject({ status: 400, message: expect.stringMatching(/^windows\.0: start "9:00"/) });
+    await expect(service.createRollout(actor, {
+      version: '2.0', channel: 'stable', stages: [{ percent: 100, waitSeconds: 0 }], maxFailureRatio: 0.1, minSuccessRatio: 0.9,
+      windows: [{ start: '01:00', end: '02:00', days: [] }, { start: '01:00', end: '02:00', days: [], timeZone: 'Europe/Nowhere' }],
+    })).rejects.toMatchObject({ status: 400, message: expect.stringMatching(/^windows\.1: time zone "Europe\/Nowhere"/) });
+    expect(await store.listRollouts()).toEqual([]);
     await store.close();
   });
 

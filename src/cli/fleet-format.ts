@@ -76,7 +76,7 @@ export function rolloutDetail(r: RolloutStatus, p: RolloutProgress): string {
     `  stage         ${r.stage + 1} of ${r.stages.length}, opened ${iso(r.stageStartedAt)}`,
     `  failures      ${pct(p.failureRatio)} of the devices in stages 1-${r.stage + 1} (pauses above ${pct(r.maxFailureRatio)})`,
     `  successes     ${pct(p.successRatio)} (the next stage needs ${pct(r.minSuccessRatio)})`,
-    `  windows       ${r.windows.length ? `${r.windows.map(formatWindow).join('; ')} (UTC)` : 'any time'}`,
+    `  windows       ${r.windows.length ? `${r.windows.map((w) => formatWindow(w) + (w.timeZone ? '' : ' UTC')).join('; ')}` : 'any time'}`,
     '',
     table(['STAGE', 'PERCENT', 'WAIT', 'OPEN', 'DEVICES', 'OFFERED', 'IN PROGRESS', 'SUCCEEDED', 'FAILED', 'FAILURE RATIO'],
       p.stages.map((s) => [s.stage, `${s.percent}%`, `${s.waitSeconds}s`, s.open ? 'yes' : 'no', s.devices, s.offered, s.inProgress, s.succeeded + s.alreadyOn, s.failed, pct(s.failureRatio)])),

@@ -220,11 +220,13 @@ function registerRollouts(fleet: Command): void {
     .option('--board <board>', 'only this board')
     .option('--max-failure-ratio <r>', 'pause by itself when failed / devices of the open stages exceeds this (default 0.05)')
     .option('--min-success-ratio <r>', 'open the next stage only once succeeded / devices reaches this (default 0.9)')
-    .option('--window <window>', 'maintenance window in UTC, [DAYS ]HH:MM-HH:MM, e.g. "mon-fri 01:00-05:00" (repeat for several; none: any time)', collect)
+    .option('--window <window>', 'maintenance window, [DAYS ]HH:MM-HH:MM[ ZONE], e.g. "mon-fri 01:00-05:00" (UTC) or "sat,sun 02:00-05:00 Europe/Berlin" (repeat for several; none: any time)', collect)
     .addHelpText('after', `
 Devices are offered the release only inside a window; one that started its update outside it still
 finishes. A window ending before it starts runs past midnight ("fri 22:00-02:00" includes Saturday
-01:00). Days: sun mon tue wed thu fri sat, ranges (mon-fri) and lists (sat,sun).`)
+01:00). Days: sun mon tue wed thu fri sat, ranges (mon-fri) and lists (sat,sun). ZONE is an IANA
+time zone (Europe/Berlin, America/New_York); the window follows its daylight saving time. Without
+one the window is UTC.`)
     .action(async (o: CreateOpts) => {
       if (!o.version) throw new EdgekitError('rollouts create: --version is required');
       const tags = o.tag ?? [];

@@ -13,6 +13,7 @@ const maintenanceWindow = z.strictObject({
   start: z.string().max(5),
   end: z.string().max(5),
   days: z.array(z.enum(['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'])).max(7).default([]),
+  timeZone: z.string().min(1).max(64).optional(),
 });
 
 export const helloBody = z.strictObject({ deviceId: id });

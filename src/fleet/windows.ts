@@ -1,7 +1,8 @@
 /**
- * Maintenance windows: UTC time ranges, optionally on some weekdays, in which a rollout offers its
- * release. UTC because the server cannot know each device's local time, and an operator's rule
- * ("nights, Europe") reads the same on every replica.
+ * Maintenance windows: time-of-day ranges, optionally on some weekdays, in which a rollout offers its
+ * release. UTC unless the window names an IANA time zone ("nights in Berlin" follows Berlin's
+ * daylight saving time). The zone is the operator's, not read from devices: the server cannot know
+ * a device's local time, and the rule must read the same on every replica.
  */
 import type { MaintenanceWindow, Weekday } from './store/store.js';
 
@@ -16,12 +17,44 @@ export function minutesOf(hhmm: string): number | null {
   return v <= DAY_MINUTES ? v : null;
 }
 
+/** A formatter giving the weekday and time of day in `timeZone`, or undefined for a zone this Node does not know. */
+const clocks = new Map<string, Intl.DateTimeFormat | undefined>();
+function clockOf(timeZone: string): Intl.DateTimeFormat | undefined {
+  if (!clocks.has(timeZone)) {
+    let f: Intl.DateTimeFormat | undefined;
+    try {
+      f = new Intl.DateTimeFormat('en-US', { timeZone, weekday: 'short', hour: '2-digit', minute: '2-digit', hourCycle: 'h23' });
+    } catch {
+      f = undefined; // RangeError: not a zone name
+    }
+    // Only names, not offsets like "+02:00": an offset does not follow daylight saving time, which is what a zone is for.
+    if (!/^[A-Za-z][A-Za-z0-9_+/-]*$/.test(timeZone)) f = undefined;
+    clocks.set(timeZone, f);
+  }
+  return clocks.get(timeZone);
+}
+
+/** Weekday and minute of the day at `at` (unix ms) in `timeZone` (UTC when not given). */
+function localTime(at: number, timeZone: string | undefined): { day: number; minute: number } {
+  const t = new Date(at);
+  if (!timeZone) return { day: t.getUTCDay(), minute: t.getUTCHours() * 60 + t.getUTCMinutes() };
+  let day = 0, hour = 0, minute = 0;
+  for (const part of clockOf(timeZone)!.formatToParts(t)) {
+    if (part.type === 'weekday') day = WEEKDAYS.indexOf(part.value.toLowerCase() as Weekday);
+    else if (part.type === 'hour') hour = Number(part.value);
+    else if (part.type === 'minute') minute = Number(part.value);
+  }
+  return { day, minute: hour * 60 + minute };
+}
+
 /** What is wrong with a window, or null. */
 export function windowProblem(w: MaintenanceWindow): string | null {
   const s = minutesOf(w.start);
   const e = minutesOf(w.end);
-  if (s === null || s === DAY_MINUTES) return `start ${JSON.stringify(w.start)} is not a UTC time HH:MM (00:00-23:59)`;
-  if (e === null) return `end ${JSON.stringify(w.end)} is not a UTC time HH:MM (00:00-24:00)`;
+  const zone = w.timeZone ?? 'UTC';
+  if (w.timeZone !== undefined && !clockOf(w.timeZone)) return `time zone ${JSON.stringify(w.timeZone)} is not an IANA zone name (e.g. Europe/Berlin, America/New_York, UTC)`;
+  if (s === null || s === DAY_MINUTES) return `start ${JSON.stringify(w.start)} is not a ${zone} time HH:MM (00:00-23:59)`;
+  if (e === null) return `end ${JSON.stringify(w.end)} is not a ${zone} time HH:MM (00:00-24:00)`;
   if (s === e) return `start and end are both ${w.start}: an empty window`;
   const bad = w.days.find((d) => !WEEKDAYS.includes(d));
   if (bad) return `day ${JSON.stringify(bad)} is not one of ${WEEKDAYS.join(', ')}`;
@@ -31,15 +64,16 @@ export function windowProblem(w: MaintenanceWindow): string | null {
 /**
  * True when `at` (unix ms) falls in one of the windows; no windows means any time. A window whose
  * end is before its start runs past midnight: its days name the day it starts on, so
- * `fri 22:00-02:00` includes Saturday 01:00 but not Friday 01:00.
+ * `fri 22:00-02:00` includes Saturday 01:00 but not Friday 01:00. Times are read on the window's
+ * zone's clock: on the night daylight saving time starts, a window inside the skipped hour does
+ * not open; the night it ends, a window in the repeated hour is open for both of them.
  */
 export function inWindow(windows: MaintenanceWindow[], at: number): boolean {
   if (!windows.length) return true;
-  const t = new Date(at);
-  const minute = t.getUTCHours() * 60 + t.getUTCMinutes();
-  const today = WEEKDAYS[t.getUTCDay()];
-  const yesterday = WEEKDAYS[(t.getUTCDay() + 6) % 7];
   return windows.some((w) => {
+    const { day, minute } = localTime(at, w.timeZone);
+    const today = WEEKDAYS[day];
+    const yesterday = WEEKDAYS[(day + 6) % 7];
     const s = minutesOf(w.start)!;
     const e = minutesOf(w.end)!;
     const on = (d: Weekday) => !w.days.length || w.days.includes(d);
@@ -49,12 +83,14 @@ export function inWindow(windows: MaintenanceWindow[], at: number): boolean {
 }
 
 /**
- * A window as an operator writes it on the command line: `[DAYS ]HH:MM-HH:MM`, DAYS a comma list
- * of days or day ranges (`mon-fri`, `sat,sun`, `mon,wed-fri`). Throws Error with the reason.
+ * A window as an operator writes it on the command line: `[DAYS ]HH:MM-HH:MM[ ZONE]`, DAYS a comma
+ * list of days or day ranges (`mon-fri`, `sat,sun`, `mon,wed-fri`), ZONE an IANA time zone (UTC
+ * when left out). Throws Error with the reason.
  */
 export function parseWindow(text: string): MaintenanceWindow {
-  const m = /^\s*(?:([a-z,-]+)\s+)?(\d\d:\d\d)-(\d\d:\d\d)\s*$/i.exec(text);
-  if (!m) throw new Error(`"${text}": expected [DAYS ]HH:MM-HH:MM in UTC, e.g. "mon-fri 01:00-05:00" or "22:00-04:00"`);
+  const m = /^\s*(?:([a-z,-]+)\s+)?(\d\d:\d\d)-(\d\d:\d\d)(?:\s+(\S+))?\s*$/i.exec(text);
+  if (!m)
+    throw new Error(`"${text}": expected [DAYS ]HH:MM-HH:MM[ ZONE], e.g. "mon-fri 01:00-05:00", "22:00-04:00" (UTC) or "sat,sun 02:00-05:00 Europe/Berlin"`);
   const days: Weekday[] = [];
   for (const part of (m[1] ?? '').toLowerCase().split(',').filter(Boolean)) {
     const [a, b] = part.split('-');
@@ -68,6 +104,7 @@ export function parseWindow(text: string): MaintenanceWindow {
     }
   }
   const w: MaintenanceWindow = { start: m[2], end: m[3], days: days.sort((x, y) => WEEKDAYS.indexOf(x) - WEEKDAYS.indexOf(y)) };
+  if (m[4] !== undefined) w.timeZone = m[4];
   const problem = windowProblem(w);
   if (problem) throw new Error(`"${text}": ${problem}`);
   return w;
@@ -75,5 +112,5 @@ export function parseWindow(text: string): MaintenanceWindow {
 
 /** The window as parseWindow reads it. */
 export function formatWindow(w: MaintenanceWindow): string {
-  return `${w.days.length ? `${w.days.join(',')} ` : ''}${w.start}-${w.end}`;
+  return `${w.days.length ? `${w.days.join(',')} ` : ''}${w.start}-${w.end}${w.timeZone ? ` ${w.timeZone}` : ''}`;
 }

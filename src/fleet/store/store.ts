@@ -74,14 +74,16 @@ export interface RolloutFilter {
 
 export type Weekday = 'mon' | 'tue' | 'wed' | 'thu' | 'fri' | 'sat' | 'sun';
 
-/** A time range (UTC) in which devices may be offered a rollout's release. */
+/** A time range in which devices may be offered a rollout's release. */
 export interface MaintenanceWindow {
-  /** 'HH:MM', UTC. */
+  /** 'HH:MM' in the window's time zone. */
   start: string;
-  /** 'HH:MM' (up to 24:00), UTC; earlier than start: the window runs past midnight into the next day. */
+  /** 'HH:MM' (up to 24:00); earlier than start: the window runs past midnight into the next day. */
   end: string;
-  /** The UTC days the window starts on; empty: every day. */
+  /** The days (in the window's time zone) the window starts on; empty: every day. */
   days: Weekday[];
+  /** An IANA time zone name (e.g. Europe/Berlin); UTC when absent. */
+  timeZone?: string;
 }
 
 export interface RolloutRow {
