@@ -7,7 +7,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { parseDatabaseTarget } from '../src/fleet/store/open.js';
+import Database from 'better-sqlite3';
+import { openFleetStore, parseDatabaseTarget } from '../src/fleet/store/open.js';
 import { adminToken, api, startServerProcess } from './helpers/fleet-server.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'fleet-serve-db-'));
@@ -34,6 +35,39 @@ describe('edgekit serve --db', () => {
     } finally {
       await server.stop();
     }
+  });
+
+  it('--keep-reports deletes old reports once it runs, each device\'s newest 20 kept', async () => {
+    const file = join(dir, 'prune.db');
+    const { store } = await openFleetStore(file);
+    await store.migrate();
+    const day = 86_400_000;
+    const now = Date.now();
+    // 25 reports 30-55 days old and 5 from today: the 20 newest (5 new, 15 old) stay.
+    for (let i = 0; i < 25; i++)
+      await store.recordReport({ id: `old-${i}`, deviceId: 'dev-p', state: 'committed', version: '2.0', running: '2.0', slot: 'b', reason: null, receivedAt: now - (30 + i) * day }, null);
+    for (let i = 0; i < 5; i++)
+      await store.recordReport({ id: `new-${i}`, deviceId: 'dev-p', state: 'committed', version: '2.0', running: '2.0', slot: 'b', reason: null, receivedAt: now - i * 1000 }, null);
+    await store.close();
+    const count = () => {
+      const db = new Database(file, { readonly: true });
+      try {
+        return (db.prepare(`SELECT COUNT(*) AS n, MAX(received_at) AS newest FROM reports`).get() as { n: number; newest: number });
+      } finally {
+        db.close();
+      }
+    };
+    const server = await startServerProcess(file, ['--admin-token-file', join(dir, 'prune.token'), '--keep-reports', '7d']);
+    try {
+      for (let i = 0; i < 100 && count().n > 20; i++) await new Promise((r) => setTimeout(r, 100));
+      expect(count()).toEqual({ n: 20, newest: now });
+    } finally {
+      await server.stop();
+    }
+    const bad = spawnSync('node', ['bin/edgekit.js', 'serve', '--db', join(dir, 'none.db'), '--keep-reports', 'soon'], { encoding: 'utf8', timeout: 60_000 });
+    expect(bad.status).toBe(1);
+    expect(bad.stderr.trim()).toBe('edgekit: --keep-reports: a duration like 30s, 10m, 2h or 1d, not "soon"');
+    expect(existsSync(join(dir, 'none.db'))).toBe(false);
   });
 
   it('an unreachable PostgreSQL server is a one-line error without the password', () => {

@@ -64,6 +64,24 @@ describe.each(FLEET_BACKENDS)('fleet store under concurrent servers (%s)', (back
     expect(members).toEqual(membersAtPause);
   });
 
+  it('old reports are pruned, each device\'s newest kept, once whichever servers prune', async () => {
+    const report = (deviceId: string, n: number, receivedAt: number) =>
+      ({ id: `${deviceId}-${String(n).padStart(3, '0')}`, deviceId, state: 'committed' as const, version: '2.0', running: '2.0', slot: 'b' as const, reason: null, receivedAt });
+    const sent: ReturnType<typeof report>[] = [];
+    for (let i = 1; i <= 30; i++) sent.push(report('prune-1', i, i)); // all old, more than kept
+    for (let i = 1; i <= 3; i++) sent.push(report('prune-2', i, i)); // old but few: all kept
+    for (let i = 0; i < 25; i++) sent.push(report('prune-3', i, 100 + i)); // five old ones beyond the newest 20
+    for (const r of sent) expect(await a.recordReport(r, null)).toBe(true);
+    const deleted = await Promise.all([a.pruneReports(110, 20), b.pruneReports(110, 20)]);
+    expect(deleted[0] + deleted[1]).toBe(15);
+    const ids = async (dev: string) => (await b.listDeviceReports(dev, 100)).map((r) => r.receivedAt).sort((x, y) => x - y);
+    expect(await ids('prune-1')).toEqual(Array.from({ length: 20 }, (_, i) => 11 + i));
+    expect(await ids('prune-2')).toEqual([1, 2, 3]);
+    expect(await ids('prune-3')).toEqual(Array.from({ length: 20 }, (_, i) => 105 + i));
+    expect(await a.pruneReports(110, 20)).toBe(0);
+    expect(await b.recordReport(report('prune-1', 30, 500), null)).toBe(false); // kept: still a duplicate
+  });
+
   it('a nonce is used once, whichever server sees it', async () => {
     const results = await Promise.all(Array.from({ length: 10 }, (_, i) => (i % 2 ? a : b).consumeNonce('n-1', 5_000)));
     expect(results.filter(Boolean)).toHaveLength(1);

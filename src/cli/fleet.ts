@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { FleetAdminClient, type RolloutAction } from '../fleet/admin-client.js';
 import type { DeviceRow, DeviceStatus, MaintenanceWindow, RolloutStage } from '../fleet/store/store.js';
 import { parseWindow } from '../fleet/windows.js';
+import { durationSeconds } from './duration.js';
 import { EdgekitError } from '../util/errors.js';
 import { costDetail, deviceDetail, deviceTable, rolloutDetail, rolloutTable, table } from './fleet-format.js';
 import { printJson } from './output.js';
@@ -314,12 +315,6 @@ function windowOption(v: string): MaintenanceWindow {
   }
 }
 
-/** '30', '30s', '10m', '2h', '1d' -> seconds. */
-export function durationSeconds(v: string, flag: string): number {
-  const m = /^(\d+)([smhd]?)$/.exec(v.trim());
-  if (!m) throw new EdgekitError(`${flag}: a duration like 30s, 10m, 2h or 1d, not ${JSON.stringify(v)}`);
-  return Number(m[1]) * { '': 1, s: 1, m: 60, h: 3600, d: 86400 }[m[2] as '' | 's' | 'm' | 'h' | 'd'];
-}
 
 /** '1,10:1h,50,100' with --wait 2h -> stages; the first stage opens at once unless it names a wait. */
 export function parseStages(list: string, wait?: string): RolloutStage[] {

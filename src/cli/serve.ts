@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 import { chmod, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EdgekitError } from '../util/errors.js';
+import { durationSeconds } from './duration.js';
 
 interface ServeOptions {
   db: string;
@@ -14,6 +15,7 @@ interface ServeOptions {
   port: string;
   tlsCert?: string;
   tlsKey?: string;
+  keepReports?: string;
   dashboard: boolean;
 }
 
@@ -31,9 +33,11 @@ export function registerServe(program: Command): void {
     .option('--port <n>', 'port to listen on (0: any free port)', '8480')
     .option('--tls-cert <file>', 'serve HTTPS with this PEM certificate (chain); needs --tls-key')
     .option('--tls-key <file>', 'the PEM private key of --tls-cert')
+    .option('--keep-reports <duration>', 'delete device reports older than this (e.g. 90d), keeping each device\'s newest 20; default: keep all')
     .option('--no-dashboard', 'do not serve the web dashboard at /dashboard/')
     .action(async (o: ServeOptions) => {
       const port = Number(o.port);
+      const keepReportsMs = o.keepReports === undefined ? undefined : durationSeconds(o.keepReports, '--keep-reports') * 1000;
       if (!Number.isInteger(port) || port < 0 || port > 65535) throw new EdgekitError(`--port: not a port number: ${o.port}`);
       if (!o.tlsCert !== !o.tlsKey) throw new EdgekitError(o.tlsCert ? '--tls-cert needs --tls-key' : '--tls-key needs --tls-cert');
       const tls = o.tlsCert && o.tlsKey ? { cert: await readPem(o.tlsCert, '--tls-cert'), key: await readPem(o.tlsKey, '--tls-key') } : undefined;
@@ -55,7 +59,7 @@ export function registerServe(program: Command): void {
       let running: Awaited<ReturnType<typeof startFleetServer>>;
       let signer: import('../fleet/repo-signer.js').RepoSigner | undefined;
       try {
-        const service = await FleetService.open(store);
+        const service = await FleetService.open(store, Date.now, { keepReportsMs });
         // Written once, readable by the owner only: the only copy of the first admin token.
         const file = o.adminTokenFile ?? defaultAdminTokenFile;
         const keep = async (token: string): Promise<boolean> => {

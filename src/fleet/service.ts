@@ -45,14 +45,34 @@ export const DEFAULT_CHANNEL = 'stable';
 /** Used nonces are kept this long past their expiry, so servers whose clocks differ by less still refuse a replay. */
 const NONCE_KEEP_MS = (NONCE_SECONDS + 600) * 1000;
 
-export class FleetService {
-  private constructor(readonly store: FleetStore, readonly tokens: DeviceTokens, private readonly now: () => number) {}
+/** Each device's newest reports are kept whatever their age: its history and last report. */
+export const REPORTS_KEPT_PER_DEVICE = 20;
+/** Old reports are looked for at most this often (a scan of the reports table). */
+const REPORT_PRUNE_EVERY_MS = 3600_000;
 
-  static async open(store: FleetStore, now: () => number = Date.now): Promise<FleetService> {
+export interface FleetServiceOptions {
+  /**
+   * Delete device reports older than this (ms), each device's newest REPORTS_KEPT_PER_DEVICE
+   * excepted; unset: keep every report. A report is recognised as a replay only while it is kept.
+   */
+  keepReportsMs?: number;
+}
+
+export class FleetService {
+  private lastReportPrune = -Infinity;
+
+  private constructor(
+    readonly store: FleetStore,
+    readonly tokens: DeviceTokens,
+    private readonly now: () => number,
+    private readonly options: FleetServiceOptions,
+  ) {}
+
+  static async open(store: FleetStore, now: () => number = Date.now, options: FleetServiceOptions = {}): Promise<FleetService> {
     await store.migrate();
     const secret = await store.initSetting('device-token-secret', randomBytes(32).toString('base64'));
     await store.insertChannel({ name: DEFAULT_CHANNEL, createdAt: now() });
-    return new FleetService(store, new DeviceTokens(Buffer.from(secret, 'base64'), now), now);
+    return new FleetService(store, new DeviceTokens(Buffer.from(secret, 'base64'), now), now, options);
   }
 
   /**
@@ -239,6 +259,10 @@ export class FleetService {
 
   async tick(): Promise<void> {
     await this.store.pruneNonces(this.now() - NONCE_KEEP_MS);
+    if (this.options.keepReportsMs !== undefined && this.now() - this.lastReportPrune >= REPORT_PRUNE_EVERY_MS) {
+      this.lastReportPrune = this.now();
+      await this.store.pruneReports(this.now() - this.options.keepReportsMs, REPORTS_KEPT_PER_DEVICE);
+    }
     for (const r of await this.store.listRollouts({ states: ['running'] })) await this.evaluate(r.id);
   }
 

@@ -365,6 +365,13 @@ class PostgresStore implements FleetStore {
     await this.q(`DELETE FROM leases WHERE name = $1 AND holder = $2`, [name, holder]);
   }
 
+  async pruneReports(before: number, keepPerDevice: number): Promise<number> {
+    return (await this.q(`DELETE FROM reports WHERE (device_id, id) IN (
+      SELECT device_id, id FROM (
+        SELECT device_id, id, received_at, ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY received_at DESC, id DESC) AS n FROM reports
+      ) ranked WHERE ranked.n > $1 AND ranked.received_at < $2)`, [keepPerDevice, before])).rowCount ?? 0;
+  }
+
   async pruneNonces(before: number): Promise<void> {
     await this.q(`DELETE FROM used_nonces WHERE expires_at < $1`, [before]);
   }

@@ -357,6 +357,14 @@ class SqliteStore implements FleetStore {
     return this.q(`INSERT INTO used_nonces (nonce, expires_at) VALUES (?, ?) ON CONFLICT (nonce) DO NOTHING`).run(nonce, expiresAt).changes > 0;
   }
 
+  async pruneReports(before: number, keepPerDevice: number): Promise<number> {
+    this.commitCheckIns();
+    return this.q(`DELETE FROM reports WHERE (device_id, id) IN (
+      SELECT device_id, id FROM (
+        SELECT device_id, id, received_at, ROW_NUMBER() OVER (PARTITION BY device_id ORDER BY received_at DESC, id DESC) AS n FROM reports
+      ) ranked WHERE ranked.n > ? AND ranked.received_at < ?)`).run(keepPerDevice, before).changes;
+  }
+
   async pruneNonces(before: number): Promise<void> {
     this.q(`DELETE FROM used_nonces WHERE expires_at < ?`).run(before);
   }

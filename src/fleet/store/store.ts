@@ -205,6 +205,11 @@ export interface FleetStore {
   recordReport(r: StoredReport, member: { rolloutId: string; state: MemberState } | null): Promise<boolean>;
   /** A device's reports, newest first (by receipt), at most `limit`. */
   listDeviceReports(deviceId: string, limit: number): Promise<StoredReport[]>;
+  /**
+   * Deletes reports received before `before`, except each device's newest `keepPerDevice` (its
+   * history and last report stay readable however long it has been quiet). Returns how many went.
+   */
+  pruneReports(before: number, keepPerDevice: number): Promise<number>;
 
   listChannels(): Promise<ChannelRow[]>;
   insertChannel(c: ChannelRow): Promise<boolean>;
