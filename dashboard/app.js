@@ -1,9 +1,11 @@
 // The dashboard: sign-in with an admin token, then hash routes over the admin API.
 //   #/                 fleet overview     #/rollouts/<id>   one rollout, stage by stage
 //   #/rollouts         all rollouts       #/devices[/<id>]  inventory, one device's history
+//   #/rollouts/new     start a rollout (operators)
 import { api, ApiError, token } from './api.js';
 import { h } from './dom.js';
 import { overviewView } from './overview.js';
+import { newRolloutView } from './new-rollout.js';
 import { rolloutsView, rolloutView } from './rollouts.js';
 import { devicesView, deviceView } from './devices.js';
 
@@ -63,7 +65,8 @@ async function route() {
   const parts = location.hash.replace(/^#\/?/, '').split('/').filter(Boolean).map(decodeURIComponent);
   const ctx = { me, refresh: route, error: showError };
   let view;
-  if (parts[0] === 'rollouts' && parts[1]) view = () => rolloutView(parts[1], ctx);
+  if (parts[0] === 'rollouts' && parts[1] === 'new') view = () => newRolloutView(ctx);
+  else if (parts[0] === 'rollouts' && parts[1]) view = () => rolloutView(parts[1], ctx);
   else if (parts[0] === 'rollouts') view = () => rolloutsView(ctx);
   else if (parts[0] === 'devices' && parts[1]) view = () => deviceView(parts[1], ctx);
   else if (parts[0] === 'devices') view = () => devicesView(ctx);
@@ -85,9 +88,10 @@ async function route() {
 }
 
 window.addEventListener('hashchange', route);
-// Keep the figures fresh on a wall screen; not while someone is typing in a filter.
+// Keep the figures fresh on a wall screen; not while someone is typing in a filter, nor on the
+// new-rollout form, whose fields a refresh would clear.
 setInterval(() => {
-  if (me && document.visibilityState === 'visible' && !(document.activeElement instanceof HTMLInputElement)) route();
+  if (me && document.visibilityState === 'visible' && !(document.activeElement instanceof HTMLInputElement) && location.hash !== '#/rollouts/new') route();
 }, 30_000);
 
 async function start() {

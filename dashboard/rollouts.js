@@ -1,5 +1,5 @@
 // Rollouts: the list, and one rollout stage by stage with its failure ratio, what it still costs
-// in downloads, and pause/resume for operators.
+// in downloads, and pause/resume for operators (new-rollout.js starts one).
 import { ApiError, canOperate, get, post } from './api.js';
 import { bar, bytes, h, iso, pct, table } from './dom.js';
 
@@ -16,17 +16,18 @@ export function rolloutRows(rollouts) {
   });
 }
 
-export async function rolloutsView() {
+export async function rolloutsView(ctx) {
   const rollouts = await get('/v1/admin/rollouts');
   return h('section', { id: 'rollouts' },
     h('h1', {}, 'Rollouts'),
+    canOperate(ctx.me) && h('p', {}, h('a', { id: 'new-rollout-link', href: '#/rollouts/new' }, 'New rollout')),
     rollouts.length ? table(['Rollout', 'Version', 'Channel', 'State', 'Stage', 'Progress', 'Failed'], rolloutRows([...rollouts].reverse()))
-      : h('p', { class: 'muted' }, 'No rollouts yet (edgekit fleet rollouts create).'));
+      : h('p', { class: 'muted' }, 'No rollouts yet.'));
 }
 
-const windowText = (w) => `${w.days.length ? `${w.days.join(',')} ` : ''}${w.start}-${w.end}`;
+const windowText = (w) => `${w.days.length ? `${w.days.join(',')} ` : ''}${w.start}-${w.end} ${w.timeZone ?? 'UTC'}`;
 
-function costSection(cost) {
+export function costSection(cost) {
   if (cost instanceof ApiError) return h('p', { class: 'muted', id: 'cost-unavailable' }, `Not known: ${cost.reason}`);
   const head = h('p', { id: 'cost-total' }, `${cost.devices} device${cost.devices === 1 ? '' : 's'} still to update: ${bytes(cost.bytes)}`,
     cost.unknownDevices ? ` (+ ${cost.unknownDevices} of unknown size)` : '', `; ${cost.upToDate} already run ${cost.version}.`);
@@ -63,7 +64,7 @@ export async function rolloutView(id, ctx) {
       h('dt', {}, 'Stage'), h('dd', { id: 'stage' }, `${p.stage} of ${r.stages.length}, opened ${iso(r.stageStartedAt)}`),
       h('dt', {}, 'Failure ratio'), h('dd', { id: 'failure-ratio', class: over ? 'bad' : '' }, `${pct(p.failureRatio)} of stages 1-${p.stage} (pauses above ${pct(p.maxFailureRatio)})`),
       h('dt', {}, 'Success ratio'), h('dd', {}, `${pct(p.successRatio)} (the next stage needs ${pct(p.minSuccessRatio)})`),
-      h('dt', {}, 'Windows (UTC)'), h('dd', {}, r.windows.length ? r.windows.map(windowText).join('; ') : 'any time'),
+      h('dt', {}, 'Windows'), h('dd', { id: 'windows' }, r.windows.length ? r.windows.map(windowText).join('; ') : 'any time'),
       r.reason && h('dt', {}, 'Reason'), r.reason && h('dd', { id: 'reason' }, r.reason)),
     actions,
     h('h2', {}, 'Stages'),

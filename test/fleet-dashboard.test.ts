@@ -1,8 +1,8 @@
 /**
  * The fleet dashboard in a real headless Chromium against a real `edgekit serve`: devices report
  * through the agent's protocol client, an operator signs in with a token, sees the fleet's counts,
- * opens a rollout, pauses and resumes it (checked through the API); a read-only token gets no
- * pause button; nothing but the static files is served without a token. Against each store
+ * opens a rollout, pauses and resumes it, starts a new one from the form (checked through the
+ * API); a read-only token gets no pause button or form; nothing but the static files is served without a token. Against each store
  * (SQLite, and a real PostgreSQL server started for the test).
  */
 import type { Browser, Page } from 'playwright-core';
@@ -63,7 +63,7 @@ describe.each(FLEET_BACKENDS)('fleet dashboard (%s)', (backend) => {
     const page = await (await browser.newContext()).newPage();
     page.on('pageerror', (e) => pageErrors.push(`page error: ${e.message}`));
     page.on('console', (m) => {
-      if (m.type() === 'error' && !/status of (401|403|501) /.test(m.text())) pageErrors.push(`console: ${m.text()}`);
+      if (m.type() === 'error' && !/status of (400|401|403|501) /.test(m.text())) pageErrors.push(`console: ${m.text()}`);
     });
     return page;
   }
@@ -160,6 +160,47 @@ describe.each(FLEET_BACKENDS)('fleet dashboard (%s)', (backend) => {
     await page.context().close();
   });
 
+  it('lets an operator start a rollout: priced first, a bad window refused with the reason, then created', async () => {
+    expect((await api(server.url, admin, 'POST', '/v1/admin/channels', { name: 'beta' })).status).toBe(200);
+    expect((await api(server.url, admin, 'POST', '/v1/admin/releases', { version: '2.1', channel: 'beta' })).status).toBe(200);
+    const page = await newPage();
+    await signIn(page, server.url, operator);
+    await page.locator('nav').getByRole('link', { name: 'Rollouts' }).click();
+    await page.locator('#new-rollout-link').click();
+    await page.locator('#new-rollout').waitFor();
+    await page.locator('#channel').selectOption('beta');
+    expect(await page.locator('#version option').allTextContents()).toEqual(['2.1']);
+    await page.locator('#stages').fill('20,100');
+    await page.locator('#wait').fill('30');
+    await page.locator('#tags').fill('field');
+    await page.locator('#max-failure').fill('10');
+    // Priced before it starts; this server has no repository, and the page says so.
+    await page.locator('#price').click();
+    await expect.poll(() => page.locator('#new-cost #cost-unavailable').textContent()).toMatch(/started without --repo/);
+
+    // A window the server cannot read: refused with its reason, nothing created.
+    await page.locator('#windows').fill('mon-fri 01:00-05:00 Mars/Olympus');
+    await page.locator('#create').click();
+    await expect.poll(() => page.locator('#error').textContent()).toMatch(/^The server refused: windows\.0: .*time zone "Mars\/Olympus" is not an IANA zone name .*\(HTTP 400\)$/);
+    const beta = async () => ((await api(server.url, reader, 'GET', '/v1/admin/rollouts')).body as Array<{ id: string; channel: string }>).filter((r) => r.channel === 'beta');
+    expect(await beta()).toEqual([]);
+
+    await page.locator('#windows').fill('sat,sun 02:00-05:00 Europe/Berlin; 22:00-23:00');
+    await page.locator('#create').click();
+    await page.locator('#rollout').waitFor();
+    const [created] = await beta();
+    expect(await page.locator('#rollout').getAttribute('data-id')).toBe(created.id);
+    expect((await api(server.url, reader, 'GET', `/v1/admin/rollouts/${created.id}`)).body).toMatchObject({
+      version: '2.1', channel: 'beta', state: 'running', filter: { tags: ['field'], board: null },
+      stages: [{ percent: 20, waitSeconds: 0 }, { percent: 100, waitSeconds: 1800 }], maxFailureRatio: 0.1,
+      windows: [{ start: '02:00', end: '05:00', days: ['sun', 'sat'], timeZone: 'Europe/Berlin' }, { start: '22:00', end: '23:00', days: [] }],
+    });
+    expect(await page.locator('#windows').textContent()).toBe('sun,sat 02:00-05:00 Europe/Berlin; 22:00-23:00 UTC');
+    const audit = (await api(server.url, admin, 'GET', '/v1/admin/audit')).body as Array<{ action: string; actor: string; target: string }>;
+    expect(audit.filter((a) => a.target === created.id).map((a) => [a.action, a.actor.split(' ')[0]])).toEqual([['rollout.create', 'night-shift']]);
+    await page.context().close();
+  });
+
   it('gives a read-only token no pause button; the API refuses it with the reason', async () => {
     const page = await newPage();
     await signIn(page, server.url, reader);
@@ -167,6 +208,9 @@ describe.each(FLEET_BACKENDS)('fleet dashboard (%s)', (backend) => {
     await page.locator(`#rollout[data-id="${rolloutId}"]`).waitFor();
     expect(await page.locator('#read-only').textContent()).toMatch(/^Your token \(read\) can watch this rollout; pausing and resuming need an operator token\.$/);
     expect(await page.getByRole('button', { name: 'Pause' }).count()).toBe(0);
+    await page.goto(`${server.url}/dashboard/#/rollouts`);
+    await page.locator('#rollouts').waitFor();
+    expect(await page.locator('#new-rollout-link').count()).toBe(0);
     // The same request the button would send, from the page with its token: refused, with the reason.
     const refused = await page.evaluate(async (id) => {
       const res = await fetch(`/v1/admin/rollouts/${id}/pause`, { method: 'POST', headers: { authorization: `Bearer ${sessionStorage.getItem('edgekit.fleet.token')}`, 'content-type': 'application/json' }, body: '{}' });

@@ -60,7 +60,9 @@ export const rolloutBody = z.strictObject({
   stages: z.array(z.strictObject({ percent: z.number().gt(0).max(100), waitSeconds: z.number().int().min(0).max(365 * 86400).default(0) })).min(1).max(20),
   maxFailureRatio: z.number().min(0).max(1).default(0.05),
   minSuccessRatio: z.number().min(0).max(1).default(0.9),
-  windows: z.array(maintenanceWindow).max(32).default([]),
+  // As objects, or as the text `edgekit fleet rollouts create --window` takes (the dashboard sends
+  // what the operator typed, so the one parser in windows.ts reads it).
+  windows: z.array(z.union([maintenanceWindow, z.string().min(1).max(100)])).max(32).default([]),
 });
 /** What a rollout would cost: the devices it would target, as for a rollout. */
 export const rolloutCostBody = z.strictObject({

@@ -21,6 +21,7 @@ import { COPY_OF_HEADER, publishTargets, receiveTarget } from './repo-publish.js
 import type { RepoSigner } from './repo-signer.js';
 import * as S from './schemas.js';
 import { FleetError, FleetService, type Actor } from './service.js';
+import { parseWindow } from './windows.js';
 import type { DeviceStatus, RolloutRow, Scope } from './store/store.js';
 
 const MAX_BODY = 64 * 1024;
@@ -381,7 +382,18 @@ function buildRoutes(service: FleetService, metrics: Metrics, o: { repo?: string
     return { removed: { channel: c.params[0], version: c.params[1] } };
   }));
   add('GET', '/v1/admin/rollouts', admin('read', async () => service.listRollouts()));
-  add('POST', '/v1/admin/rollouts', admin('operator', async (c, a) => service.createRollout(a, await parsed(c, S.rolloutBody))));
+  add('POST', '/v1/admin/rollouts', admin('operator', async (c, a) => {
+    const b = await parsed(c, S.rolloutBody);
+    const windows = b.windows.map((w, i) => {
+      if (typeof w !== 'string') return w;
+      try {
+        return parseWindow(w);
+      } catch (err) {
+        throw new FleetError(400, `windows.${i}: ${(err as Error).message}`);
+      }
+    });
+    return service.createRollout(a, { ...b, windows });
+  }));
   add('GET', '/v1/admin/rollouts/:id', admin('read', async (c) => service.rolloutStatus(c.params[0])));
   add('GET', '/v1/admin/rollouts/:id/devices', admin('read', async (c) => {
     await service.rolloutStatus(c.params[0]);
