@@ -315,7 +315,6 @@ function windowOption(v: string): MaintenanceWindow {
   }
 }
 
-
 /** '1,10:1h,50,100' with --wait 2h -> stages; the first stage opens at once unless it names a wait. */
 export function parseStages(list: string, wait?: string): RolloutStage[] {
   const defaultWait = wait === undefined ? 0 : durationSeconds(wait, '--wait');

@@ -17,21 +17,23 @@ export function minutesOf(hhmm: string): number | null {
   return v <= DAY_MINUTES ? v : null;
 }
 
-/** A formatter giving the weekday and time of day in `timeZone`, or undefined for a zone this Node does not know. */
-const clocks = new Map<string, Intl.DateTimeFormat | undefined>();
+/** Formatters giving the weekday and time of day, by zone name: only zones that exist, so at most a few hundred. */
+const clocks = new Map<string, Intl.DateTimeFormat>();
+
+/** The formatter for `timeZone`, or undefined when it is not a zone name this Node knows. */
 function clockOf(timeZone: string): Intl.DateTimeFormat | undefined {
-  if (!clocks.has(timeZone)) {
-    let f: Intl.DateTimeFormat | undefined;
+  // Names only, not offsets like "+02:00": an offset does not follow daylight saving time, which is what a zone is for.
+  if (!/^[A-Za-z][A-Za-z0-9_+/-]*$/.test(timeZone)) return undefined;
+  let f = clocks.get(timeZone);
+  if (!f) {
     try {
       f = new Intl.DateTimeFormat('en-US', { timeZone, weekday: 'short', hour: '2-digit', minute: '2-digit', hourCycle: 'h23' });
     } catch {
-      f = undefined; // RangeError: not a zone name
+      return undefined; // RangeError: no such zone
     }
-    // Only names, not offsets like "+02:00": an offset does not follow daylight saving time, which is what a zone is for.
-    if (!/^[A-Za-z][A-Za-z0-9_+/-]*$/.test(timeZone)) f = undefined;
     clocks.set(timeZone, f);
   }
-  return clocks.get(timeZone);
+  return f;
 }
 
 /** Weekday and minute of the day at `at` (unix ms) in `timeZone` (UTC when not given). */
