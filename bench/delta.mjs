@@ -28,9 +28,11 @@ const { loadKernel } = await dist('spec/kernel.js');
 const { loadOverlay } = await dist('spec/overlay.js');
 const { makeDelta } = await dist('ota/delta/index.js');
 
+/** The suites tried in turn when --suite is not given. */
+const SUITES = ['trixie', 'bookworm'];
 const { values: args } = parseArgs({
   options: {
-    suite: { type: 'string', default: 'trixie' },
+    suite: { type: 'string' },
     board: { type: 'string', default: 'qemu-arm64' },
     'skip-bsdiff': { type: 'boolean', default: false },
     compression: { type: 'string', default: 'lz4' },
@@ -39,9 +41,12 @@ const { values: args } = parseArgs({
     help: { type: 'boolean', default: false },
   },
 });
+/** The suite v1 is taken from (set when the pair is found). */
+let suite = args.suite ?? SUITES[0];
 if (args.help) {
   console.log(`usage: bench/delta [--suite S] [--board B] [--compression C] [--skip-bsdiff] [--apply-runs N] [--keep]
-  --suite S       Debian suite of v1; v2 adds S-updates and S-security (default trixie)
+  --suite S       Debian suite of v1; v2 adds S-updates and S-security (default: trixie, or
+                  bookworm when trixie's point release already took in its updates)
   --board B       board to build for (default qemu-arm64)
   --compression C the root's squashfs compression: lz4 (edgekit's default), gzip or none
   --skip-bsdiff   skip bsdiff on the whole cpio (about 90 s and 1 GB of memory)
@@ -64,7 +69,7 @@ function specText(version) {
   return `name: gateway
 version: "${version}"
 debian:
-  suite: ${args.suite}
+  suite: ${suite}
 root: disk
 rootCompression: ${args.compression}
 packages: [busybox-static, nodejs]
@@ -88,8 +93,8 @@ async function pinnedLocks(specPath) {
   const mirror = await defaultMirror();
   const securityMirror = await defaultSecurityMirror(mirror);
   const open = (suites) => openArchive({ mirror, securityMirror, suite: spec.debian.suite, suites, components: spec.debian.components, arch: board.arch });
-  const base = open([args.suite]);
-  const full = open([args.suite, `${args.suite}-updates`, `${args.suite}-security`]);
+  const base = open([suite]);
+  const full = open([suite, `${suite}-updates`, `${suite}-security`]);
   const resolveAll = async (archive, groups) => {
     const out = new Map();
     for (const g of groups) {
@@ -103,7 +108,7 @@ async function pinnedLocks(specPath) {
   for (const [n, p] of await resolveAll(full, ['kernel', 'boot'])) if (!v1.has(n)) v1.set(n, p);
   const changed = [...v2.values()].filter((p) => v1.get(p.name) && v1.get(p.name).version !== p.version);
   const added = [...v2.keys()].filter((n) => !v1.has(n));
-  const lock = (m) => JSON.stringify({ format: 'edgekit-lock/1', suite: args.suite, arch: board.arch, packages: [...m.values()] }, null, 2);
+  const lock = (m) => JSON.stringify({ format: 'edgekit-lock/1', suite, arch: board.arch, packages: [...m.values()] }, null, 2);
   return { v1: lock(v1), v2: lock(v2), changed: changed.map((p) => ({ name: p.name, from: v1.get(p.name).version, to: p.version, suite: p.suite })), added };
 }
 
@@ -156,10 +161,18 @@ try {
   console.log(`edgekit delta benchmark: node ${process.version}, ${cpus().length} CPUs, load average ${loadavg().map((l) => l.toFixed(1)).join(' ')}\n`);
   const key = join(work, 'bench.key');
   await runCommand('node', [CLI, 'keys', 'generate', '-o', key]);
-  await writeFile(join(work, 'spec.yml'), specText(1));
-  const locks = await pinnedLocks(join(work, 'spec.yml'));
-  if (locks.changed.length === 0) throw new Error(`no package differs between ${args.suite} and ${args.suite}-updates/-security for this spec: no realistic update to measure`);
-  console.log(`update ${args.suite} -> ${args.suite}-security/-updates, ${args.board}:`);
+  // A point release folds the suite's updates in: until the next ones come, the suite has none to
+  // measure, and the older stable suite is tried. A suite given with --suite is the only one tried.
+  let locks;
+  for (const candidate of args.suite ? [args.suite] : SUITES) {
+    suite = candidate;
+    await writeFile(join(work, 'spec.yml'), specText(1));
+    locks = await pinnedLocks(join(work, 'spec.yml'));
+    if (locks.changed.length) break;
+    console.log(`${suite}: no package of this spec differs in ${suite}-updates/-security`);
+  }
+  if (locks.changed.length === 0) throw new Error(`no package differs between ${suite} and ${suite}-updates/-security for this spec: no realistic update to measure`);
+  console.log(`update ${suite} -> ${suite}-security/-updates, ${args.board}:`);
   console.log(formatTable(['package', 'v1', 'v2', 'from'], locks.changed.map((c) => [c.name, c.from, c.to, c.suite])));
   if (locks.added.length) console.log(`added in v2: ${locks.added.join(', ')}`);
   const v1 = await buildRelease(1, locks.v1, key);
